@@ -1,0 +1,33 @@
+"""dbzero: durable, shared, transactional Python objects on LMDB.
+
+    import dbzero as db0
+
+    @db0.memo
+    class Person:
+        def __init__(self, name):
+            self.name = name
+
+    db0.init("./data", prefix="main")
+    alice = Person("Alice")      # persisted; no save calls
+
+See docs/ for concepts, guarantees and every public function.
+"""
+
+from .errors import (  # noqa: F401
+    AlreadyInitializedError, BadPrefixError, ClassNotFoundError, ConflictError, Error,
+    FormatError, InvalidUUIDError, MigrateError, NoDefaultPrefixError, NotInitializedError,
+    ObjectClosedError, ObjectNotFoundError, PrefixLockedError, PrefixNotFoundError,
+    ReadOnlyError, ReferencedObjectError, ReferenceError, StateNotAvailableError, StorageError,
+    TransactionError, UnsupportedAttributeError, UnsupportedTypeError,
+)
+from .memo import memo, is_memo  # noqa: F401
+from .prefix import MemoBase, WeakRef  # noqa: F401
+from .enums import enum, is_enum, is_enum_value, EnumType, EnumValue  # noqa: F401
+from .api import (  # noqa: F401
+    PrefixMetaData, build_flags, clear_cache, close, commit, delete, exists, expired, fetch,
+    get_cache_stats, get_config, get_current_prefix, get_mutable_prefixes, get_prefix_of,
+    get_prefixes, get_state_num, getrefcount, init, is_singleton, materialized, open, refresh,
+    set_cache_size, set_prefix, uuid, wait, weak_proxy,
+)
+
+__version__ = "0.1.0"

@@ -1,0 +1,768 @@
+"""A prefix: one open LMDB file plus the in-memory state of its objects.
+
+Life cycle of a persistent object (memo object or collection) inside a prefix::
+
+    new ──commit──> clean ──write──> dirty ──commit──> clean
+     │                 │                                  │
+     └──── refcount 0 and no Python reference ────────────┴──> deleted at next commit
+
+* Identity map: one proxy per object id (weak values), so ``fetch(uuid) is obj``.
+* Dirty map: objects changed since the last commit, pinned (strong) until written.
+* Reference counts: each object record carries the number of *persistent* strong
+  references to it (memo attributes, collection items, index entries and distinct tags, all
+  within this prefix).  An object whose count is 0 and that Python no longer holds is
+  deleted at the next commit; singletons are roots and never collected.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+import threading
+import weakref
+from typing import Any, Dict, Iterable, List, Optional, Set
+
+from dbzero_ext import memo as _memo
+from dbzero_ext.codec import ABSENT, EXT_CODES, Codec
+
+from . import errors
+from .storage import Storage, WriteBatch
+
+_OID = struct.Struct(">Q")
+_REF = struct.Struct(">QI")
+_CLS = struct.Struct(">I")
+pack_oid = _OID.pack
+
+X_REF = EXT_CODES["REF"]
+X_WEAKREF = EXT_CODES["WEAKREF"]
+
+F_GHOST, F_DIRTY, F_NEW, F_DEAD = _memo.GHOST, _memo.DIRTY, _memo.NEW, _memo.DEAD
+F_READONLY, F_INIT, F_CLOSED, F_TRACKED = _memo.READONLY, _memo.INIT, _memo.CLOSED, _memo.TRACKED
+
+MemoBase = _memo.MemoBase
+raw_dict = _memo.raw_dict
+
+# Class ids below this are reserved for collection kinds (List=1, Dict=2, ...).
+FIRST_USER_CLASS_ID = 16
+COLLECTION_KINDS: Dict[int, type] = {}
+
+
+def register_collection_kind(kind: int, cls: type) -> None:
+    COLLECTION_KINDS[kind] = cls
+
+
+class ClassInfo:
+    """What a prefix knows about one stored class: its id, name and field layout."""
+
+    __slots__ = ("class_id", "name", "fields", "field_index", "cls", "singleton_oid",
+                 "base_ids", "dirty")
+
+    def __init__(self, class_id: int, name: str, fields: List[str], cls: Optional[type],
+                 singleton_oid: int = 0, base_ids: Optional[List[int]] = None) -> None:
+        self.class_id = class_id
+        self.name = name
+        self.fields = fields
+        self.field_index = {f: i for i, f in enumerate(fields)}
+        self.cls = cls
+        self.singleton_oid = singleton_oid
+        self.base_ids = base_ids or []
+        self.dirty = False
+
+    def slot_of(self, field: str) -> int:
+        idx = self.field_index.get(field)
+        if idx is None:
+            idx = len(self.fields)
+            self.fields.append(field)
+            self.field_index[field] = idx
+            self.dirty = True
+        return idx
+
+    def record(self) -> Dict[str, Any]:
+        return {"name": self.name, "fields": self.fields, "singleton": self.singleton_oid,
+                "bases": self.base_ids}
+
+
+class WeakRef:
+    """A reference that does not keep its target alive (cross-prefix refs, weak_proxy)."""
+
+    __slots__ = ("prefix_uuid", "oid", "class_id", "_target", "_workspace", "__weakref__")
+
+    def __init__(self, workspace, prefix_uuid: bytes, oid: int, class_id: int, target=None) -> None:
+        self._workspace = workspace
+        self.prefix_uuid = prefix_uuid
+        self.oid = oid
+        self.class_id = class_id
+        self._target = weakref.ref(target) if target is not None else None
+
+    def resolve(self):
+        """The target object, or None if it no longer exists."""
+        target = self._target() if self._target is not None else None
+        if target is not None and not (target._flags & F_DEAD):
+            return target
+        px = self._workspace.prefix_by_uuid(self.prefix_uuid, auto_open=True)
+        obj = px.try_get_object(self.oid, self.class_id)
+        if obj is not None:
+            self._target = weakref.ref(obj)
+        return obj
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        target = self.resolve()
+        if target is None:
+            raise errors.ReferenceError("Memo instance expired")
+        return getattr(target, name)
+
+    def __repr__(self) -> str:
+        return f"<db0.WeakRef oid={self.oid}>"
+
+
+class TagStore:
+    """Tag membership of one prefix: committed postings in LMDB plus pending changes.
+
+    Tag keys are bytes (see dbzero.tags for how tags map to keys); members are object ids.
+    Pending changes are kept per tag so that queries see uncommitted tags
+    (read-your-writes) and so that a commit writes each change once.
+    """
+
+    def __init__(self, px: "Prefix") -> None:
+        self.px = px
+        self.pending: Dict[bytes, Dict[int, bool]] = {}
+        self.pending_by_obj: Dict[int, Dict[bytes, bool]] = {}
+
+    def has(self, oid: int, tag: bytes) -> bool:
+        mine = self.pending_by_obj.get(oid)
+        if mine is not None and tag in mine:
+            return mine[tag]
+        return self.px.storage.dup_contains("obj_tags", pack_oid(oid), tag)
+
+    def set(self, oid: int, tag: bytes, present: bool) -> bool:
+        """Add or remove; returns True if membership changed."""
+        if self.has(oid, tag) == present:
+            return False
+        committed = self.px.storage.dup_contains("obj_tags", pack_oid(oid), tag)
+        per_tag = self.pending.setdefault(tag, {})
+        per_obj = self.pending_by_obj.setdefault(oid, {})
+        if committed == present:
+            per_tag.pop(oid, None)
+            per_obj.pop(tag, None)
+        else:
+            per_tag[oid] = present
+            per_obj[tag] = present
+        self.px.note_change()
+        return True
+
+    def tags_of(self, oid: int) -> List[bytes]:
+        tags = set(self.px.storage.dup_list("obj_tags", pack_oid(oid)))
+        for tag, present in self.pending_by_obj.get(oid, {}).items():
+            if present:
+                tags.add(tag)
+            else:
+                tags.discard(tag)
+        return sorted(tags)
+
+    def committed_members(self, tag: bytes) -> bytes:
+        return self.px.storage.dup_values("tags", tag)
+
+    def pending_for(self, tag: bytes) -> Dict[int, bool]:
+        return self.pending.get(tag, {})
+
+    def flush(self, batch: WriteBatch) -> None:
+        for tag, members in self.pending.items():
+            for oid, present in members.items():
+                key = pack_oid(oid)
+                batch.dup("tags", tag, key, present)
+                batch.dup("obj_tags", key, tag, present)
+        self.pending.clear()
+        self.pending_by_obj.clear()
+
+    def __bool__(self) -> bool:
+        return bool(self.pending)
+
+
+class Prefix:
+    """An open prefix: storage, identity map, dirty objects, classes and tags."""
+
+    def __init__(self, workspace, name: str, storage: Storage, *, readonly: bool,
+                 autocommit: bool) -> None:
+        self.workspace = workspace
+        self.name = name
+        self.storage = storage
+        self.storage_key = storage.path
+        self.uuid: bytes = storage.prefix_uuid
+        self.readonly = readonly
+        self.autocommit = autocommit
+        self.closed = False
+        self.objects: Dict[int, weakref.KeyedRef] = {}
+        self.dirty: Dict[int, Any] = {}
+        self.zero_rc: Set[int] = set()
+        self.gc_candidates: Set[int] = set()
+        self.pending_deletes: Dict[int, Any] = {}
+        self.tags = TagStore(self)
+        self.index_hooks: List[Any] = []      # flushers registered by dbzero.index
+        self.changed = False
+        self.lock = workspace.lock
+        self._classes_by_id: Dict[int, ClassInfo] = {}
+        self._classes_by_name: Dict[str, ClassInfo] = {}
+        self._next_class_id = FIRST_USER_CLASS_ID
+        self._load_classes()
+        raw = storage.meta_get(b"next_oid")
+        self._next_oid = _OID.unpack(raw)[0] if raw else 1
+        self.codec = Codec(self._ref_of, self._resolve, workspace.enum_of, workspace.enum_value)
+        self.atomic_log: Optional[Any] = None   # set by dbzero.atomic while a block is open
+
+    # -- classes -------------------------------------------------------------------
+
+    def _load_classes(self) -> None:
+        import msgpack
+        for key, value in self.storage.scan("classes", b""):
+            rec = msgpack.unpackb(value, raw=False)
+            class_id = _CLS.unpack(key)[0]
+            info = ClassInfo(class_id, rec["name"], list(rec["fields"]), None,
+                             rec.get("singleton", 0), list(rec.get("bases", [])))
+            self._classes_by_id[class_id] = info
+            self._classes_by_name[info.name] = info
+            self._next_class_id = max(self._next_class_id, class_id + 1)
+
+    def class_info(self, cls: type, create: bool = True) -> Optional[ClassInfo]:
+        """The ClassInfo of a memo class in this prefix (registered on first use)."""
+        name = cls.__db0_type_id__
+        info = self._classes_by_name.get(name)
+        if info is None:
+            if not create:
+                return None
+            self.check_writable()
+            base_ids = [self.class_info(base).class_id for base in cls.__db0_memo_bases__]
+            info = ClassInfo(self._next_class_id, name, [], cls, 0, base_ids)
+            info.dirty = True
+            self._next_class_id += 1
+            self._classes_by_id[info.class_id] = info
+            self._classes_by_name[name] = info
+            self.note_change()
+        if info.cls is None:
+            info.cls = cls
+        return info
+
+    def class_by_id(self, class_id: int) -> ClassInfo:
+        info = self._classes_by_id.get(class_id)
+        if info is None:
+            raise errors.FormatError(f"prefix {self.name}: unknown class id {class_id}")
+        if info.cls is None:
+            info.cls = self.workspace.resolve_class(info.name)
+        return info
+
+    def class_infos(self) -> List[ClassInfo]:
+        return list(self._classes_by_id.values())
+
+    def class_info_by_name(self, name: str) -> Optional[ClassInfo]:
+        return self._classes_by_name.get(name)
+
+    # -- identity ------------------------------------------------------------------
+
+    def new_oid(self) -> int:
+        oid = self._next_oid
+        self._next_oid += 1
+        return oid
+
+    def uuid_of(self, oid: int) -> str:
+        return self.workspace.format_uuid(self.uuid, oid)
+
+    def register(self, obj: Any) -> None:
+        self.objects[obj._oid] = weakref.KeyedRef(obj, self._on_proxy_dead, obj._oid)
+
+    def _on_proxy_dead(self, ref: weakref.KeyedRef) -> None:
+        oid = ref.key
+        if self.objects.get(oid) is ref:
+            del self.objects[oid]
+        if oid in self.zero_rc:
+            self.gc_candidates.add(oid)
+
+    def cached(self, oid: int) -> Any:
+        ref = self.objects.get(oid)
+        return ref() if ref is not None else None
+
+    def get_object(self, oid: int, class_id: int) -> Any:
+        """The proxy for ``oid`` (a ghost if it is not loaded yet)."""
+        ref = self.objects.get(oid)
+        if ref is not None:
+            obj = ref()
+            if obj is not None:
+                return obj
+        if class_id < FIRST_USER_CLASS_ID:
+            obj = COLLECTION_KINDS[class_id]._db0_ghost(self, oid)
+        else:
+            cls = self.class_by_id(class_id).cls
+            obj = MemoBase.__new__(cls)
+            obj._px = self
+            obj._oid = oid
+            obj._flags = F_GHOST | (F_READONLY if self.readonly else 0)
+        self.register(obj)
+        return obj
+
+    def try_get_object(self, oid: int, class_id: Optional[int] = None) -> Any:
+        """The object if it exists (loaded or stored), else None."""
+        obj = self.cached(oid)
+        if obj is not None:
+            return None if obj._flags & F_DEAD else obj
+        if oid in self.pending_deletes:
+            return None
+        raw = self.storage.get("objects", pack_oid(oid))
+        if raw is None:
+            return None
+        obj = self._materialize(oid, raw)
+        return obj
+
+    def fetch(self, oid: int) -> Any:
+        obj = self.try_get_object(oid)
+        if obj is None:
+            raise errors.ReferenceError(f"object {self.uuid_of(oid)} not found in prefix {self.name} "
+                                        "(deleted or never committed)")
+        return obj
+
+    def _materialize(self, oid: int, raw: bytes) -> Any:
+        rec = self.codec.unpack(raw)
+        class_id = rec[0]
+        if class_id < FIRST_USER_CLASS_ID:
+            obj = COLLECTION_KINDS[class_id]._db0_ghost(self, oid)
+            self.register(obj)
+            return obj
+        obj = self.get_object(oid, class_id)
+        if obj._flags & F_GHOST:
+            self._fill(obj, rec)
+        return obj
+
+    def load_into(self, obj: Any) -> None:
+        """Decode the stored record of a ghost into its ``__dict__``."""
+        with self.lock:
+            if not obj._flags & F_GHOST:
+                return
+            if self.closed:
+                obj._flags |= F_CLOSED
+                raise errors.ObjectClosedError("Object is no longer accessible")
+            raw = self.storage.get("objects", pack_oid(obj._oid))
+            if raw is None:
+                obj._flags = (obj._flags | F_DEAD) & ~F_GHOST
+                raise errors.ReferenceError("Memo instance expired")
+            self._fill(obj, self.codec.unpack(raw))
+
+    def _fill(self, obj: Any, rec: list) -> None:
+        info = self.class_by_id(rec[0])
+        fields = info.fields
+        d = raw_dict(obj)
+        for i, value in enumerate(rec[2:]):
+            if value is not ABSENT:
+                d[fields[i]] = value
+        obj._rc = rec[1]
+        obj._flags &= ~F_GHOST
+        if rec[1] == 0 and not info.singleton_oid == obj._oid:
+            self.zero_rc.add(obj._oid)
+
+    # -- references inside records ---------------------------------------------------
+
+    def _ref_of(self, value: Any):
+        if isinstance(value, MemoBase) or getattr(value, "_db0_kind", None) is not None:
+            px = value._px
+            payload = _REF.pack(value._oid, self._class_id_of(value))
+            if px is not self:
+                return X_WEAKREF, payload + px.uuid
+            return X_REF, payload
+        if isinstance(value, WeakRef):
+            payload = _REF.pack(value.oid, value.class_id)
+            return X_WEAKREF, payload + value.prefix_uuid
+        return None
+
+    def _class_id_of(self, obj: Any) -> int:
+        kind = getattr(obj, "_db0_kind", None)
+        if kind is not None:
+            return kind
+        return obj._px.class_info(type(obj)).class_id
+
+    def _resolve(self, code: int, payload: bytes) -> Any:
+        oid, class_id = _REF.unpack_from(payload)
+        if code == X_REF:
+            return self.get_object(oid, class_id)
+        prefix_uuid = payload[12:] or self.uuid
+        return WeakRef(self.workspace, prefix_uuid, oid, class_id)
+
+    # -- values ----------------------------------------------------------------------
+
+    def adopt(self, value: Any) -> Any:
+        """Validate a value for storage in this prefix and take the references it implies.
+
+        Plain list/dict/set/tuple become new persistent collections (deep copy); memo
+        objects and collections of this prefix get their reference count increased;
+        references to other prefixes become weak.  Raises TypeError (a dbzero
+        UnsupportedTypeError) for values that cannot be stored, before changing anything.
+        """
+        t = type(value)
+        if t in _SCALARS:
+            return value
+        if t is int:
+            return value
+        if isinstance(value, MemoBase) or getattr(value, "_db0_kind", None) is not None:
+            if value._flags & F_DEAD if isinstance(value, MemoBase) else False:
+                raise errors.ReferenceError("Memo instance expired")
+            if value._px is not self:
+                return WeakRef(self.workspace, value._px.uuid, value._oid,
+                               value._px._class_id_of(value), value)
+            self.incref(value)
+            return value
+        if t in _CONVERTED:
+            return _CONVERTED[t](self, value)
+        if isinstance(value, WeakRef):
+            return value
+        self.workspace.check_storable(value)
+        return value
+
+    def release(self, value: Any) -> None:
+        """Drop the reference that a stored value held (inverse of adopt)."""
+        if isinstance(value, MemoBase) or getattr(value, "_db0_kind", None) is not None:
+            if value._px is self:
+                self.decref(value)
+
+    def incref(self, obj: Any) -> None:
+        if obj._px is not self:
+            return
+        if isinstance(obj, MemoBase):
+            if obj._flags & F_GHOST:
+                self.load_into(obj)
+            self.log_undo(obj)
+            obj._rc += 1
+            self.zero_rc.discard(obj._oid)
+            self.mark_dirty(obj)
+        else:
+            obj._db0_incref()
+
+    def decref(self, obj: Any) -> None:
+        if obj._px is not self:
+            return
+        if isinstance(obj, MemoBase):
+            if obj._flags & (F_GHOST | F_DEAD):
+                if obj._flags & F_DEAD:
+                    return
+                self.load_into(obj)
+            self.log_undo(obj)
+            obj._rc -= 1
+            if obj._rc <= 0 and not self._is_singleton(obj):
+                self.zero_rc.add(obj._oid)
+                self.gc_candidates.add(obj._oid)
+            self.mark_dirty(obj)
+        else:
+            obj._db0_decref()
+
+    def note_zero(self, oid: int) -> None:
+        """A collection's count reached zero: collect it once Python lets go."""
+        self.zero_rc.add(oid)
+        self.gc_candidates.add(oid)
+
+    def _is_singleton(self, obj: Any) -> bool:
+        return getattr(type(obj), "__db0_singleton__", False)
+
+    # -- writes ------------------------------------------------------------------------
+
+    def check_writable(self) -> None:
+        if self.readonly:
+            raise errors.ReadOnlyError(f"Cannot modify read-only prefix: {self.name}")
+        if self.closed:
+            raise errors.ObjectClosedError(f"prefix {self.name} is closed")
+
+    def note_change(self) -> None:
+        self.changed = True
+
+    def mark_dirty(self, obj: Any) -> None:
+        if isinstance(obj, MemoBase):
+            obj._flags |= F_DIRTY
+        self.dirty[obj._oid] = obj
+        self.changed = True
+
+    def log_undo(self, obj: Any) -> None:
+        if self.atomic_log is not None:
+            self.atomic_log.record(obj)
+
+    def set_attr(self, obj: Any, name: str, value: Any) -> None:
+        with self.lock:
+            self._check_obj_writable(obj)
+            if obj._flags & F_GHOST:
+                self.load_into(obj)
+            try:
+                new = self.adopt(value)
+            except errors.Error as exc:
+                if isinstance(exc, TypeError):
+                    raise errors.UnsupportedAttributeError(
+                        f"Unsupported attribute type: {type(value).__name__} "
+                        f"(attribute '{name}' of {type(obj).__name__})") from None
+                raise
+            except TypeError as exc:
+                raise errors.UnsupportedAttributeError(
+                    f"Unsupported attribute type: {exc} (attribute '{name}' of {type(obj).__name__})") from None
+            self.log_undo(obj)
+            d = raw_dict(obj)
+            old = d.get(name, ABSENT)
+            d[name] = new
+            if old is not ABSENT:
+                self.release(old)
+            self.mark_dirty(obj)
+
+    def del_attr(self, obj: Any, name: str) -> None:
+        with self.lock:
+            self._check_obj_writable(obj)
+            if obj._flags & F_GHOST:
+                self.load_into(obj)
+            d = raw_dict(obj)
+            if name not in d:
+                raise AttributeError(f"Attribute not found: {name}")
+            self.log_undo(obj)
+            old = d.pop(name)
+            self.release(old)
+            self.mark_dirty(obj)
+
+    def _check_obj_writable(self, obj: Any) -> None:
+        flags = obj._flags
+        if flags & F_DEAD:
+            raise errors.ReferenceError("Memo instance expired")
+        if flags & F_CLOSED or self.closed:
+            raise errors.ObjectClosedError("Object is no longer accessible")
+        if flags & F_READONLY or self.readonly:
+            raise errors.ReadOnlyError(f"Cannot modify read-only prefix: {self.name}")
+
+    # -- creating and deleting memo objects -------------------------------------------
+
+    def create(self, cls: type) -> Any:
+        """A new, empty memo object of ``cls`` (its __init__ has not run yet)."""
+        self.check_writable()
+        info = self.class_info(cls)
+        obj = MemoBase.__new__(cls)
+        obj._px = self
+        obj._oid = self.new_oid()
+        obj._flags = F_NEW | F_INIT
+        obj._rc = 0
+        self.register(obj)
+        self.mark_dirty(obj)
+        if not cls.__db0_singleton__:
+            self.zero_rc.add(obj._oid)
+        else:
+            info.singleton_oid = obj._oid
+            info.dirty = True
+        if not cls.__db0_no_default_tags__:
+            for tag in self.workspace.class_tags(self, cls):
+                self.tags.set(obj._oid, tag, True)
+        if self.atomic_log is not None:
+            self.atomic_log.created(obj)
+        return obj
+
+    def rehome(self, obj: Any, target: "Prefix") -> None:
+        """Move an object under construction (no fields yet) to another prefix."""
+        target.check_writable()
+        oid = obj._oid
+        for tag in self.tags.tags_of(oid):
+            self.tags.set(oid, tag, False)
+        self.dirty.pop(oid, None)
+        self.zero_rc.discard(oid)
+        self.objects.pop(oid, None)
+        info = self._classes_by_name.get(type(obj).__db0_type_id__)
+        if info is not None and info.singleton_oid == oid:
+            info.singleton_oid = 0
+        obj._px = target
+        obj._oid = target.new_oid()
+        target.register(obj)
+        target.mark_dirty(obj)
+        cls = type(obj)
+        if cls.__db0_singleton__:
+            tinfo = target.class_info(cls)
+            tinfo.singleton_oid = obj._oid
+            tinfo.dirty = True
+        else:
+            target.zero_rc.add(obj._oid)
+        if not cls.__db0_no_default_tags__:
+            for tag in target.workspace.class_tags(target, cls):
+                target.tags.set(obj._oid, tag, True)
+
+    def discard_new(self, obj: Any) -> None:
+        """Undo the creation of an object whose __init__ failed."""
+        with self.lock:
+            self.delete_object(obj, force=True)
+
+    def delete_object(self, obj: Any, force: bool = False) -> None:
+        """Delete ``obj`` now: release what it references, drop its tags, expire the proxy."""
+        if obj._flags & F_DEAD:
+            return
+        if obj._flags & F_GHOST:
+            self.load_into(obj)
+        if not force and obj._rc > 0:
+            raise errors.ReferencedObjectError("Cannot delete a memo object with references")
+        oid = obj._oid
+        self.log_undo(obj)
+        if self.atomic_log is not None:
+            self.atomic_log.deleted(obj)
+        for tag in self.tags.tags_of(oid):
+            if self.tags.set(oid, tag, False) and not tag.startswith(b"C"):
+                pass  # tags of a deleted object no longer reference it; its count is moot
+        if isinstance(obj, MemoBase):
+            for value in list(raw_dict(obj).values()):
+                self.release(value)
+            info = self._classes_by_name.get(type(obj).__db0_type_id__)
+            if info is not None and info.singleton_oid == oid:
+                info.singleton_oid = 0
+                info.dirty = True
+            obj._flags = (obj._flags | F_DEAD) & ~(F_DIRTY | F_INIT)
+        else:
+            obj._db0_release_all()
+            obj._db0_dead = True
+        self.dirty.pop(oid, None)
+        self.zero_rc.discard(oid)
+        if not (getattr(obj, "_flags", 0) & F_NEW) or not isinstance(obj, MemoBase):
+            self.pending_deletes[oid] = obj
+        self.changed = True
+
+    def _held_outside(self, oid: int) -> bool:
+        ref = self.objects.get(oid)
+        obj = ref() if ref is not None else None
+        if obj is None:
+            return False
+        # References we hold ourselves: the local name, getrefcount's argument, the dirty pin.
+        internal = 2 + (oid in self.dirty)
+        return sys.getrefcount(obj) > internal
+
+    def collect_garbage(self, everything: bool = False) -> None:
+        """Delete unreachable objects (count 0, not held by Python unless ``everything``)."""
+        candidates = set(self.zero_rc) if everything else \
+            self.gc_candidates | (self.zero_rc & self.dirty.keys())
+        self.gc_candidates = set()
+        while candidates:
+            oid = candidates.pop()
+            if oid not in self.zero_rc:
+                continue
+            if not everything and self._held_outside(oid):
+                continue
+            obj = self.cached(oid)
+            if obj is None:
+                obj = self.try_get_object(oid)
+                if obj is None:
+                    self.zero_rc.discard(oid)
+                    continue
+            if getattr(obj, "_rc", 0) > 0 or self._is_singleton(obj):
+                self.zero_rc.discard(oid)
+                continue
+            self.delete_object(obj, force=True)
+            del obj
+            candidates |= self.gc_candidates
+            self.gc_candidates = set()
+
+    # -- commit ------------------------------------------------------------------------
+
+    def has_changes(self) -> bool:
+        return bool(self.changed or self.dirty or self.pending_deletes or self.tags
+                    or self.gc_candidates)
+
+    def commit(self) -> bool:
+        """Write every pending change in one LMDB transaction; True if a state was made."""
+        if self.readonly or self.closed:
+            return False
+        self.collect_garbage()
+        if not (self.dirty or self.pending_deletes or self.tags or self.changed):
+            return False
+        batch = WriteBatch()
+        pack = self.codec.pack
+        dirty = self.dirty
+        for oid, obj in dirty.items():
+            key = pack_oid(oid)
+            if isinstance(obj, MemoBase):
+                batch.put("objects", key, pack(self._record_of(obj)), fresh=bool(obj._flags & F_NEW))
+            else:
+                obj._db0_flush(batch)
+        for oid, obj in self.pending_deletes.items():
+            batch.delete("objects", pack_oid(oid))
+            if not isinstance(obj, MemoBase):
+                obj._db0_drop(batch)
+        for hook in self.index_hooks:
+            hook(batch)
+        self.tags.flush(batch)
+        import msgpack
+        for info in self._classes_by_id.values():
+            if info.dirty:
+                batch.put("classes", _CLS.pack(info.class_id), msgpack.packb(info.record()))
+        batch.meta[b"next_oid"] = pack_oid(self._next_oid)
+        self.storage.commit(batch)
+        for info in self._classes_by_id.values():
+            info.dirty = False
+        for obj in dirty.values():
+            if isinstance(obj, MemoBase):
+                obj._flags &= ~(F_DIRTY | F_NEW)
+            else:
+                obj._db0_committed()
+        self.dirty = {}
+        self.pending_deletes = {}
+        self.changed = False
+        return True
+
+    def _record_of(self, obj: Any) -> list:
+        info = self.class_info(type(obj))
+        d = raw_dict(obj)
+        slots = [ABSENT] * len(info.fields)
+        slot_of = info.slot_of
+        for name, value in d.items():
+            idx = slot_of(name)
+            if idx >= len(slots):
+                slots.extend([ABSENT] * (idx + 1 - len(slots)))
+            slots[idx] = value
+        while slots and slots[-1] is ABSENT:
+            slots.pop()
+        return [info.class_id, obj._rc, *slots]
+
+    @property
+    def state_num(self) -> int:
+        return self.storage.state
+
+    def refresh(self) -> bool:
+        """Read-only prefixes: move to the newest committed state and drop stale objects."""
+        old = self.storage.state
+        if not self.storage.refresh():
+            return False
+        changed_oids = set()
+        for state in range(old + 1, self.storage.state + 1):
+            for db_id, key in self.storage.journal(state):
+                if db_id == 2 and len(key) == 8:
+                    changed_oids.add(_OID.unpack(key)[0])
+                elif db_id == 3:
+                    changed_oids.add(_OID.unpack(key[:8])[0])
+        for oid in changed_oids:
+            obj = self.cached(oid)
+            if obj is None:
+                continue
+            if isinstance(obj, MemoBase):
+                raw_dict(obj).clear()
+                obj._flags |= F_GHOST
+            else:
+                obj._db0_invalidate()
+        self._load_classes()
+        return True
+
+    def close(self) -> None:
+        """Commit (read-write), expire every proxy and close the file."""
+        if self.closed:
+            return
+        try:
+            if not self.readonly:
+                self.collect_garbage(everything=True)
+                self.commit()
+        finally:
+            self.closed = True
+            for ref in list(self.objects.values()):
+                obj = ref()
+                if obj is None:
+                    continue
+                if isinstance(obj, MemoBase):
+                    obj._flags |= F_CLOSED
+                else:
+                    obj._db0_closed = True
+            self.objects.clear()
+            self.dirty.clear()
+            self.storage.close()
+
+
+_SCALARS = frozenset({str, float, bool, type(None), bytes})
+_CONVERTED: Dict[type, Any] = {}   # list/dict/set/tuple -> converter, filled by dbzero.collections
+
+
+def register_converter(py_type: type, converter) -> None:
+    _CONVERTED[py_type] = converter

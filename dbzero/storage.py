@@ -1,0 +1,420 @@
+"""One prefix = one LMDB environment.
+
+This module is the only place that talks to LMDB.  Everything above it sees a narrow
+interface: point reads, prefix scans and duplicate-set reads inside the current read
+snapshot, and :meth:`Storage.commit`, which applies a :class:`WriteBatch` in one write
+transaction and returns the new state number.
+
+Versioned sub-databases (``objects``, ``chunks``, ``classes``, ``index``) store every value
+behind an 8-byte big-endian *write state*.  When a commit overwrites or deletes a key, the
+previous value goes to ``history`` under ``(db id, key, state)`` and the key is listed in
+``journal`` under the state.  A key's history therefore answers "what was the value as of
+state S" without slowing down reads of the live value; see docs/format.md.
+
+Map growth is internal: a write that hits MDB_MAP_FULL is retried with a doubled map.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import struct
+import sys
+import threading
+import time
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import lmdb
+import msgpack
+
+from .errors import FormatError, PrefixLockedError, PrefixNotFoundError, StorageError
+
+FORMAT_VERSION = 1
+
+# Sub-database ids are part of the format (history keys start with them).
+VERSIONED_DBS = {"classes": 1, "objects": 2, "chunks": 3, "index": 4}
+DUP_DBS = {"tags": 5, "obj_tags": 6}
+PLAIN_DBS = ("meta", "history", "journal")
+DB_NAMES = tuple(VERSIONED_DBS) + tuple(DUP_DBS) + PLAIN_DBS
+
+_STATE = struct.Struct(">Q")
+_pack_state = _STATE.pack
+_unpack_state = _STATE.unpack_from
+
+INITIAL_MAP_SIZE = (1 << 30) if sys.maxsize > 2**32 and sys.platform.startswith("linux") else (64 << 20)
+MAX_READERS = 2048
+
+# LMDB allows one Environment per file per process; this registry enforces it.
+_open_paths: Dict[str, "Storage"] = {}
+_registry_lock = threading.Lock()
+
+
+def _on_fork_child() -> None:
+    # An environment inherited through fork() must never be used in the child (lmdb.h,
+    # "Caveats"): forget it without closing, and let the owner reopen lazily.
+    for storage in list(_open_paths.values()):
+        storage._abandon_after_fork()
+    _open_paths.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_on_fork_child)
+
+
+class WriteBatch:
+    """Changes to apply in one commit.
+
+    ``puts[db][key] = value`` (``None`` deletes) for versioned dbs; ``dups[db]`` holds
+    ``(key, value, add)`` triples for duplicate-set dbs; ``meta`` holds raw meta keys.
+    Keys in ``fresh`` are known not to exist yet, which skips the history lookup.
+    """
+
+    __slots__ = ("puts", "dups", "meta", "fresh")
+
+    def __init__(self) -> None:
+        self.puts: Dict[str, Dict[bytes, Optional[bytes]]] = {}
+        self.dups: Dict[str, List[Tuple[bytes, bytes, bool]]] = {}
+        self.meta: Dict[bytes, bytes] = {}
+        self.fresh: set = set()
+
+    def put(self, db: str, key: bytes, value: Optional[bytes], fresh: bool = False) -> None:
+        self.puts.setdefault(db, {})[key] = value
+        if fresh:
+            self.fresh.add((db, key))
+
+    def delete(self, db: str, key: bytes) -> None:
+        self.puts.setdefault(db, {})[key] = None
+        self.fresh.discard((db, key))
+
+    def dup(self, db: str, key: bytes, value: bytes, add: bool) -> None:
+        self.dups.setdefault(db, []).append((key, value, add))
+
+    def __bool__(self) -> bool:
+        return bool(self.puts or self.dups or self.meta)
+
+
+def history_key(db_id: int, key: bytes, state: int) -> bytes:
+    return bytes((db_id,)) + key + _pack_state(state)
+
+
+class Storage:
+    """An open LMDB environment for one prefix file.
+
+    Not thread-safe by itself: the workspace serialises access with its lock.
+    """
+
+    def __init__(self, path: str, *, readonly: bool, create: bool = True,
+                 lock_blocking: bool = False, lock_timeout: float = 0.0,
+                 durability: str = "full") -> None:
+        self.path = os.path.realpath(path)
+        self.readonly = readonly
+        self._durability = durability
+        self._lock_fd: Optional[int] = None
+        self._env: Optional[lmdb.Environment] = None
+        self._rtxn: Optional[lmdb.Transaction] = None
+        self._pid = os.getpid()
+        if not os.path.exists(self.path):
+            if readonly or not create:
+                raise PrefixNotFoundError(f"Prefix: {path} not found")
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        with _registry_lock:
+            if self.path in _open_paths:
+                raise StorageError(f"prefix file {self.path} is already open in this process")
+            if not readonly:
+                self._acquire_writer_lock(lock_blocking, lock_timeout)
+            try:
+                self._open_env()
+            except BaseException:
+                self._release_writer_lock()
+                raise
+            _open_paths[self.path] = self
+
+    # -- opening -------------------------------------------------------------------
+
+    def _acquire_writer_lock(self, blocking: bool, timeout: float) -> None:
+        # flock is released by the kernel when the holder dies, so a killed writer never
+        # leaves a stale lock behind.
+        lock_path = self.path + ".lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + (timeout if blocking else 0.0)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    os.close(fd)
+                    raise
+                if not blocking or time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise PrefixLockedError(f"Failed to aquire lock of: {lock_path}") from None
+                time.sleep(0.01)
+        self._lock_fd = fd
+
+    def _release_writer_lock(self) -> None:
+        if self._lock_fd is not None:
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+    def _open_env(self) -> None:
+        try:
+            self._env = lmdb.open(
+                self.path, subdir=False, readonly=self.readonly, create=not self.readonly,
+                map_size=INITIAL_MAP_SIZE, max_dbs=len(DB_NAMES) + 2, max_readers=MAX_READERS,
+                max_spare_txns=1, sync=True, metasync=self._durability == "full",
+                writemap=False, map_async=False, readahead=False, lock=True,
+            )
+        except lmdb.Error as exc:
+            raise StorageError(f"opening {self.path}: {exc}") from exc
+        self._env.reader_check()
+        self._dbs = {}
+        if not self.readonly:
+            with self._env.begin(write=True) as txn:
+                for name in DB_NAMES:
+                    dup = name in DUP_DBS
+                    self._dbs[name] = self._env.open_db(name.encode(), txn=txn, create=True,
+                                                        dupsort=dup, dupfixed=dup and name == "tags")
+                meta = self._dbs["meta"]
+                version = txn.get(b"format", db=meta)
+                if version is None:
+                    txn.put(b"format", _pack_state(FORMAT_VERSION), db=meta)
+                    txn.put(b"uuid", os.urandom(7), db=meta)
+                    txn.put(b"state", _pack_state(1), db=meta)
+                    txn.put(b"next_oid", _pack_state(1), db=meta)
+        else:
+            with self._env.begin() as txn:
+                for name in DB_NAMES:
+                    try:
+                        self._dbs[name] = self._env.open_db(name.encode(), txn=txn, create=False)
+                    except lmdb.NotFoundError:
+                        raise FormatError(f"{self.path} is not a dbzero prefix file (no '{name}' table)") from None
+        self._rtxn = self._env.begin(buffers=False)
+        version = self._rtxn.get(b"format", db=self._dbs["meta"])
+        if version is None or _unpack_state(version)[0] != FORMAT_VERSION:
+            found = _unpack_state(version)[0] if version else None
+            self.close()
+            raise FormatError(f"{self.path}: unsupported format version {found} "
+                              f"(this dbzero reads version {FORMAT_VERSION})")
+        self.prefix_uuid: bytes = self._rtxn.get(b"uuid", db=self._dbs["meta"])
+
+    def _abandon_after_fork(self) -> None:
+        self._env = None
+        self._rtxn = None
+        self._lock_fd = None
+
+    def _check_open(self) -> lmdb.Environment:
+        if self._env is None:
+            raise StorageError(f"prefix file {self.path} is closed")
+        return self._env
+
+    # -- read side -----------------------------------------------------------------
+
+    @property
+    def state(self) -> int:
+        """The state number of the current read snapshot."""
+        return _unpack_state(self._rtxn.get(b"state", db=self._dbs["meta"]))[0]
+
+    def meta_get(self, key: bytes) -> Optional[bytes]:
+        return self._rtxn.get(key, db=self._dbs["meta"])
+
+    def refresh(self) -> bool:
+        """Move the read snapshot to the newest committed state; True if it changed."""
+        env = self._check_open()
+        before = self.state
+        self._rtxn.abort()
+        try:
+            self._rtxn = env.begin(buffers=False)
+        except lmdb.MapResizedError:
+            env.set_mapsize(0)
+            self._rtxn = env.begin(buffers=False)
+        return self.state != before
+
+    def get(self, db: str, key: bytes) -> Optional[bytes]:
+        """Live value of ``key`` (without its state header), or None."""
+        raw = self._rtxn.get(key, db=self._dbs[db])
+        if raw is None:
+            return None
+        return raw[8:] if db in VERSIONED_DBS else raw
+
+    def get_versioned(self, db: str, key: bytes) -> Optional[Tuple[int, bytes]]:
+        raw = self._rtxn.get(key, db=self._dbs[db])
+        if raw is None:
+            return None
+        return _unpack_state(raw)[0], raw[8:]
+
+    def scan(self, db: str, prefix: bytes, start: Optional[bytes] = None,
+             stop: Optional[bytes] = None, reverse: bool = False) -> Iterator[Tuple[bytes, bytes]]:
+        """Keys starting with ``prefix`` in ``[start, stop)`` (full keys), values without header."""
+        strip = 8 if db in VERSIONED_DBS else 0
+        lo = start if start is not None else prefix
+        cur = self._rtxn.cursor(db=self._dbs[db])
+        if not reverse:
+            if not cur.set_range(lo):
+                return
+            for key, value in cur:
+                if not key.startswith(prefix) or (stop is not None and key >= stop):
+                    return
+                yield key, value[strip:]
+        else:
+            hi = stop if stop is not None else _prefix_end(prefix)
+            if hi is None or not cur.set_range(hi):
+                if not cur.last():
+                    return
+            else:
+                if not cur.prev():
+                    return
+            for key, value in cur.iterprev():
+                if key < lo or not key.startswith(prefix):
+                    return
+                if stop is not None and key >= stop:
+                    continue
+                yield key, value[strip:]
+
+    def dup_values(self, db: str, key: bytes) -> bytes:
+        """All duplicate values of ``key`` in a dupfixed db, concatenated (8 bytes each)."""
+        cur = self._rtxn.cursor(db=self._dbs[db])
+        if not cur.set_key(key):
+            return b""
+        return bytes(cur.getmulti([key], dupdata=True, dupfixed_bytes=8, keyfixed=True)) \
+            if hasattr(cur, "getmulti") else b"".join(cur.iternext_dup())
+
+    def dup_list(self, db: str, key: bytes) -> List[bytes]:
+        cur = self._rtxn.cursor(db=self._dbs[db])
+        if not cur.set_key(key):
+            return []
+        return list(cur.iternext_dup())
+
+    def dup_count(self, db: str, key: bytes) -> int:
+        cur = self._rtxn.cursor(db=self._dbs[db])
+        return cur.count() if cur.set_key(key) else 0
+
+    def dup_contains(self, db: str, key: bytes, value: bytes) -> bool:
+        cur = self._rtxn.cursor(db=self._dbs[db])
+        return cur.set_key_dup(key, value)
+
+    # -- write side ----------------------------------------------------------------
+
+    def allocate_ids(self, count: int) -> int:
+        """Reserve ``count`` object ids; returns the first.  Ids are never reused."""
+        env = self._check_open()
+        while True:
+            try:
+                with env.begin(write=True) as txn:
+                    meta = self._dbs["meta"]
+                    first = _unpack_state(txn.get(b"next_oid", db=meta))[0]
+                    txn.put(b"next_oid", _pack_state(first + count), db=meta)
+                return first
+            except lmdb.MapFullError:
+                self._grow()
+
+    def commit(self, batch: WriteBatch) -> int:
+        """Apply ``batch`` in one write transaction; returns the new state number."""
+        env = self._check_open()
+        if self.readonly:
+            raise StorageError(f"commit on read-only prefix file {self.path}")
+        while True:
+            try:
+                state = self._commit_once(env, batch)
+                break
+            except lmdb.MapFullError:
+                self._grow()
+            except lmdb.Error as exc:
+                raise StorageError(f"commit to {self.path}: {exc}") from exc
+        self._rtxn.abort()
+        self._rtxn = env.begin(buffers=False)
+        return state
+
+    def _commit_once(self, env: lmdb.Environment, batch: WriteBatch) -> int:
+        dbs = self._dbs
+        with env.begin(write=True) as txn:
+            meta, history = dbs["meta"], dbs["history"]
+            state = _unpack_state(txn.get(b"state", db=meta))[0] + 1
+            header = _pack_state(state)
+            journal: List[Tuple[int, bytes]] = []
+            fresh = batch.fresh
+            for name, ops in batch.puts.items():
+                db, db_id = dbs[name], VERSIONED_DBS[name]
+                for key, value in ops.items():
+                    if (name, key) not in fresh:
+                        old = txn.get(key, db=db)
+                        if old is not None:
+                            txn.put(history_key(db_id, key, state), old, db=history)
+                            journal.append((db_id, key))
+                    if value is None:
+                        txn.delete(key, db=db)
+                    else:
+                        txn.put(key, header + value, db=db)
+            for name, ops in batch.dups.items():
+                db, db_id = dbs[name], DUP_DBS[name]
+                for key, value, add in ops:
+                    changed = txn.put(key, value, db=db, dupdata=True, overwrite=False) if add \
+                        else txn.delete(key, value, db=db)
+                    if changed:
+                        # The history of a set membership is the membership before the change.
+                        txn.put(history_key(db_id, key + value, state), b"\x00" if add else b"\x01",
+                                db=history)
+            for key, value in batch.meta.items():
+                txn.put(key, value, db=meta)
+            if journal:
+                txn.put(header, msgpack.packb(journal), db=dbs["journal"])
+            txn.put(b"state", header, db=meta)
+        return state
+
+    def _grow(self) -> None:
+        env = self._check_open()
+        new_size = env.info()["map_size"] * 2
+        self._rtxn.abort()
+        env.set_mapsize(new_size)
+        self._rtxn = env.begin(buffers=False)
+
+    def history_scan(self, db: str, key: bytes, after_state: int) -> Optional[Tuple[int, bytes]]:
+        """First history entry of ``key`` with a state greater than ``after_state``."""
+        db_id = VERSIONED_DBS.get(db) or DUP_DBS[db]
+        prefix = bytes((db_id,)) + key
+        cur = self._rtxn.cursor(db=self._dbs["history"])
+        if not cur.set_range(prefix + _pack_state(after_state + 1)):
+            return None
+        hkey = cur.key()
+        if len(hkey) != len(prefix) + 8 or not hkey.startswith(prefix):
+            return None
+        return _unpack_state(hkey, len(prefix))[0], cur.value()
+
+    def journal(self, state: int) -> List[Tuple[int, bytes]]:
+        raw = self._rtxn.get(_pack_state(state), db=self._dbs["journal"])
+        return [tuple(x) for x in msgpack.unpackb(raw)] if raw else []
+
+    # -- closing -------------------------------------------------------------------
+
+    def stat(self) -> Dict[str, int]:
+        env = self._check_open()
+        out = {"file_size": os.path.getsize(self.path), "map_size": env.info()["map_size"]}
+        for name in DB_NAMES:
+            out[name + "_entries"] = self._rtxn.stat(self._dbs[name])["entries"]
+        return out
+
+    def close(self) -> None:
+        with _registry_lock:
+            if _open_paths.get(self.path) is self:
+                del _open_paths[self.path]
+        if os.getpid() != self._pid:
+            self._abandon_after_fork()
+            return
+        if self._rtxn is not None:
+            self._rtxn.abort()
+            self._rtxn = None
+        if self._env is not None:
+            self._env.close()
+            self._env = None
+        self._release_writer_lock()
+
+
+def _prefix_end(prefix: bytes) -> Optional[bytes]:
+    """Smallest key greater than every key starting with ``prefix`` (None: no bound)."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes((stripped[-1] + 1,))
