@@ -186,12 +186,12 @@ class Storage:
                     txn.put(b"state", _pack_state(1), db=meta)
                     txn.put(b"next_oid", _pack_state(1), db=meta)
         else:
-            with self._env.begin() as txn:
-                for name in DB_NAMES:
-                    try:
-                        self._dbs[name] = self._env.open_db(name.encode(), txn=txn, create=False)
-                    except lmdb.NotFoundError:
-                        raise FormatError(f"{self.path} is not a dbzero prefix file (no '{name}' table)") from None
+            for name in DB_NAMES:
+                try:
+                    self._dbs[name] = self._env.open_db(name.encode(), create=False)
+                except lmdb.NotFoundError:
+                    self._env.close()
+                    raise FormatError(f"{self.path} is not a dbzero prefix file (no '{name}' table)") from None
         self._rtxn = self._env.begin(buffers=False)
         version = self._rtxn.get(b"format", db=self._dbs["meta"])
         if version is None or _unpack_state(version)[0] != FORMAT_VERSION:

@@ -9,6 +9,7 @@ the others; this is the price of a simple, provably consistent model.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import datetime as _dt
 import decimal
@@ -422,6 +423,17 @@ def close(prefix_name: Optional[str] = None) -> None:
             return
         _workspace = None
         ws.close_all()
+
+
+def _close_at_exit() -> None:
+    # Scripts rarely call db0.close(); committing here keeps "no save calls" true.
+    try:
+        close()
+    except Exception as exc:
+        sys.stderr.write(f"dbzero: closing at exit failed: {exc!r}\n")
+
+
+atexit.register(_close_at_exit)
 
 
 def _after_fork_in_child() -> None:
