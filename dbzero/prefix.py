@@ -106,7 +106,7 @@ class WeakRef:
         return obj
 
     def __getattr__(self, name: str):
-        if name.startswith("__"):
+        if name.startswith("_"):
             raise AttributeError(name)
         target = self.resolve()
         if target is None:
@@ -360,15 +360,15 @@ class Prefix:
     # -- references inside records ---------------------------------------------------
 
     def _ref_of(self, value: Any):
+        if isinstance(value, WeakRef):
+            payload = _REF.pack(value.oid, value.class_id)
+            return X_WEAKREF, payload + value.prefix_uuid
         if isinstance(value, MemoBase) or getattr(value, "_db0_kind", None) is not None:
             px = value._px
             payload = _REF.pack(value._oid, self._class_id_of(value))
             if px is not self:
                 return X_WEAKREF, payload + px.uuid
             return X_REF, payload
-        if isinstance(value, WeakRef):
-            payload = _REF.pack(value.oid, value.class_id)
-            return X_WEAKREF, payload + value.prefix_uuid
         return None
 
     def _class_id_of(self, obj: Any) -> int:

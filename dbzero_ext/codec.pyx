@@ -146,7 +146,9 @@ cdef class Codec:
     def _default(self, value):
         cdef type t = type(value)
         if t is tuple:
-            return ExtType(X_TUPLE, self._packer.pack(list(value)))
+            # A fresh packer: the shared one is in the middle of packing the outer value.
+            return ExtType(X_TUPLE, msgpack.packb(list(value), default=self._default, use_bin_type=True,
+                                                  strict_types=True, datetime=False))
         if t is int:
             n = (value.bit_length() + 8) // 8
             return ExtType(X_BIGINT, value.to_bytes(n, "big", signed=True))

@@ -1,0 +1,178 @@
+"""Storable values (API.md §4): round trips through the codec and through memo attributes."""
+
+import datetime as dt
+import decimal
+import enum
+import math
+import uuid as uuidlib
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import dbzero as db0
+
+
+@db0.memo(singleton=True, id="tests.Holder")
+class Holder:
+    def __init__(self):
+        self.value = None
+
+
+UTC = dt.timezone.utc
+
+scalars = st.one_of(
+    st.none(), st.booleans(),
+    st.integers(min_value=-(2**200), max_value=2**200),
+    st.floats(allow_nan=False),
+    st.text(), st.binary(),
+    st.decimals(allow_nan=False, allow_infinity=False),
+    st.dates(), st.datetimes(), st.datetimes(timezones=st.sampled_from([UTC, dt.timezone(dt.timedelta(hours=5, minutes=30))])),
+    st.times(), st.times(timezones=st.just(dt.timezone(dt.timedelta(hours=-3)))),
+    st.timedeltas(), st.uuids(),
+)
+
+
+def _same(a, b):
+    if isinstance(a, float) and isinstance(b, float):
+        return (math.isnan(a) and math.isnan(b)) or (a == b and math.copysign(1, a) == math.copysign(1, b))
+    if isinstance(a, decimal.Decimal):
+        return type(b) is decimal.Decimal and a.as_tuple() == b.as_tuple()
+    return type(a) is type(b) and a == b and (not hasattr(a, "tzinfo") or a.utcoffset() == b.utcoffset())
+
+
+@settings(max_examples=300, deadline=None)
+@given(scalars)
+def test_codec_round_trip(value):
+    from dbzero_ext.codec import Codec
+    codec = Codec(lambda v: None, None, lambda v: None, None)
+    assert _same(codec.unpack(codec.pack(value)), value)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.tuples(inner, inner)
+                    | st.dictionaries(st.text(max_size=5), inner, max_size=4), max_leaves=12))
+def test_codec_nested_round_trip(value):
+    from dbzero_ext.codec import Codec
+    codec = Codec(lambda v: None, None, lambda v: None, None)
+    back = codec.unpack(codec.pack(value))
+    assert repr(back) == repr(value) or back == value
+
+
+def test_attribute_round_trip_in_fresh_process(db, root, fresh):
+    h = Holder()
+    values = {
+        "nul": "a\x00b", "big": 2**100, "neg": -(2**70), "dec": decimal.Decimal("1.2345678901234567890123"),
+        "dec2": decimal.Decimal("12.50"), "tz_time": dt.time(3, 4, tzinfo=dt.timezone(dt.timedelta(hours=2))),
+        "td": dt.timedelta(days=2, seconds=5, microseconds=7), "uid": uuidlib.UUID(int=12345),
+        "aware": dt.datetime(1995, 5, 17, 8, 30, tzinfo=UTC), "naive": dt.datetime(2020, 1, 2, 3, 4, 5, 6),
+        "day": dt.date(2026, 1, 12), "t": dt.time(1, 2, 3, 4), "neg0": -0.0, "inf": float("inf"),
+        "raw": b"\x00\xff", "flag": True, "nothing": None, "ratio": 0.25,
+    }
+    for key, value in values.items():
+        setattr(h, key, value)
+        assert _same(getattr(h, key), value), key
+    db0.commit()
+    db0.close()
+    code = f"""
+        import dbzero as db0
+        @db0.memo(singleton=True, id="tests.Holder")
+        class Holder:
+            def __init__(self): self.value = None
+        db0.init({root!r}, prefix="test", read_write=False)
+        h = db0.fetch(Holder)
+        print(repr({{k: v for k, v in sorted(vars(h).items()) if k != "value"}}))
+    """
+    out = fresh(code).stdout.strip()
+    db0.init(root, prefix="test")
+    import datetime, uuid, decimal as dmod  # noqa: F401 - names used by eval
+    back = eval(out, {"datetime": dt, "decimal": decimal, "Decimal": decimal.Decimal, "UUID": uuidlib.UUID,
+                      "inf": float("inf")})
+    for key, value in values.items():
+        assert _same(back[key], value), key
+
+
+class PyEnum(enum.Enum):
+    A = 1
+
+
+@pytest.mark.parametrize("bad", [bytearray(b"x"), 1 + 2j, frozenset([1]), PyEnum.A, object(), range(3), len])
+def test_unsupported_values_leave_attribute_unchanged(db, bad):
+    h = Holder()
+    h.value = "keep"
+    with pytest.raises(AttributeError, match="Unsupported attribute type"):
+        h.bad = bad
+    assert not hasattr(h, "bad")
+    with pytest.raises(AttributeError):
+        h.value = bad
+    assert h.value == "keep"
+    with pytest.raises(TypeError):
+        h.value = bad  # also a TypeError (db0.UnsupportedAttributeError)
+    with pytest.raises(db0.UnsupportedTypeError):
+        h.value = bad
+
+
+def test_timezone_without_fixed_offset_is_rejected(db):
+    class Weird(dt.tzinfo):
+        def utcoffset(self, d):
+            return None
+
+    h = Holder()
+    with pytest.raises(TypeError):
+        h.value = dt.datetime(2020, 1, 1, tzinfo=Weird())
+
+
+def test_enum_values(db, root):
+    Color = db0.enum("Color", ["RED", "GREEN"])
+    assert Color.RED is Color["RED"] is Color[0]
+    assert len(Color) == 2 and Color.values() == (Color.RED, Color.GREEN)
+    assert str(Color.RED) == "RED" and repr(Color.RED) == "<EnumValue Color.RED>"
+    assert Color.RED != "RED"
+    with pytest.raises(AttributeError):
+        Color.BLUE
+    with pytest.raises(RuntimeError, match="Enum value not found: BLUE"):
+        Color["BLUE"]
+    with pytest.raises(IndexError):
+        Color[5]
+    with pytest.raises(TypeError):
+        Color.RED < Color.GREEN
+    assert db0.enum("Color", ["RED", "GREEN"]) is Color
+    with pytest.raises(RuntimeError, match="different values"):
+        db0.enum("Color", ["RED"])
+    assert db0.is_enum(Color) and db0.is_enum_value(Color.RED) and not db0.is_enum_value("RED")
+
+    @db0.enum(values=["LOW", "HIGH"])
+    class Level:
+        pass
+
+    assert Level.HIGH.name == "HIGH"
+    h = Holder()
+    h.value = Color.GREEN
+    assert h.value is Color.GREEN
+    db0.commit()
+    db0.close()
+    db0.init(root, prefix="test")
+    assert db0.fetch(Holder).value is Color.GREEN
+
+
+def test_enum_readable_before_definition(db, root, fresh):
+    fresh(f"""
+        import dbzero as db0
+        @db0.memo(singleton=True, id="tests.Holder")
+        class Holder:
+            def __init__(self): self.value = None
+        Mood = db0.enum("Mood", ["SAD", "GLAD"])
+        db0.init({root!r}, prefix="enums")
+        Holder().value = Mood.GLAD
+    """)
+    out = fresh(f"""
+        import dbzero as db0
+        @db0.memo(singleton=True, id="tests.Holder")
+        class Holder:
+            def __init__(self): self.value = None
+        db0.init({root!r}, prefix="enums")
+        v = db0.fetch(Holder).value
+        print(repr(v))
+        Mood = db0.enum("Mood", ["SAD", "GLAD"])
+        print(v is Mood.GLAD, Mood[0])
+    """)
+    assert out.stdout.split("\n")[:2] == ["<EnumValue Mood.GLAD>", "True SAD"]
