@@ -30,4 +30,6 @@ from .api import (  # noqa: F401
     set_cache_size, set_prefix, uuid, wait, weak_proxy,
 )
 
+from .atomic import atomic, atomic_assign, AtomicManager  # noqa: F401
+
 __version__ = "0.1.0"

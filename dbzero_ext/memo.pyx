@@ -47,6 +47,13 @@ cdef object _ReferenceError = None
 cdef object _ObjectClosedError = None
 cdef object _ReadOnlyError = None
 cdef object _WeakRefType = None
+cdef bint _tracking = False   # an atomic block is open: every write takes the logged path
+
+
+def set_tracking(bint on):
+    """Route all writes through the prefix (which logs undo state) while atomic is active."""
+    global _tracking
+    _tracking = on
 
 # Scalars stored as-is: no conversion, no reference counting.
 cdef tuple _PLAIN = (str, float, bool, type(None), bytes)
@@ -98,7 +105,7 @@ cdef class MemoBase:
             # Properties with setters run their own code, which sets real fields.
             PyObject_GenericSetAttr(self, name, value)
             return
-        if not (self._flags & F_SLOW_WRITE):
+        if not (self._flags & F_SLOW_WRITE) and not _tracking:
             if type(value) in _PLAIN or (type(value) is int and -0x8000000000000000 <= value <= 0x7FFFFFFFFFFFFFFF):
                 d = <dict>PyObject_GenericGetAttr(self, "__dict__")
                 old = d.get(name, d)
