@@ -30,6 +30,7 @@ from .api import (  # noqa: F401
     set_cache_size, set_prefix, uuid, wait, weak_proxy,
 )
 
+from .snapshot import snapshot, get_snapshot_of, compact, Snapshot  # noqa: F401
 from .atomic import atomic, atomic_assign, AtomicManager  # noqa: F401
 
 __version__ = "0.1.0"

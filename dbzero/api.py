@@ -177,6 +177,12 @@ def _fetch_singleton(ws, cls: type, prefix: Optional[str]) -> Any:
         raise errors.Error("Invalid argument type")
     px = ws.prefix_for_read(prefix) if prefix is not None else \
         (ws.prefix_for_class(cls) if cls.__db0_prefix__ else ws.current_prefix())
+    return _fetch_singleton_in(px, cls)
+
+
+def _fetch_singleton_in(px, cls: type) -> Any:
+    if not is_memo(cls):
+        raise errors.Error("Invalid argument type")
     if px.class_info(cls, create=False) is None:
         raise errors.ClassNotFoundError(f"Class not found: {cls.__db0_type_id__}")
     if not cls.__db0_singleton__:

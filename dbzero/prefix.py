@@ -136,11 +136,22 @@ class TagStore:
             return mine[tag]
         return self.px.storage.dup_contains("obj_tags", pack_oid(oid), tag)
 
-    def set(self, oid: int, tag: bytes, present: bool) -> bool:
-        """Add or remove; returns True if membership changed."""
-        if self.has(oid, tag) == present:
-            return False
-        committed = self.px.storage.dup_contains("obj_tags", pack_oid(oid), tag)
+    def set(self, oid: int, tag: bytes, present: bool, committed: Optional[bool] = None) -> bool:
+        """Add or remove; returns True if membership changed.
+
+        ``committed`` may give the committed membership when the caller knows it (False
+        for objects created since the last commit), which skips the LMDB lookups.
+        """
+        mine = self.pending_by_obj.get(oid)
+        if mine is not None and tag in mine:
+            if mine[tag] == present:
+                return False
+            committed = not present     # a pending entry always differs from the committed one
+        else:
+            if committed is None:
+                committed = self.px.storage.dup_contains("obj_tags", pack_oid(oid), tag)
+            if committed == present:
+                return False
         per_tag = self.pending.setdefault(tag, {})
         per_obj = self.pending_by_obj.setdefault(oid, {})
         if committed == present:
@@ -210,6 +221,7 @@ class Prefix:
         self._next_oid = _OID.unpack(raw)[0] if raw else 1
         self.codec = Codec(self._ref_of, self._resolve, workspace.enum_of, workspace.enum_value)
         self.atomic_log: Optional[Any] = None   # set by dbzero.atomic while a block is open
+        self.snapshot: Optional[Any] = None     # the Snapshot this prefix is a view of
 
     # -- classes -------------------------------------------------------------------
 
@@ -545,7 +557,7 @@ class Prefix:
             info.dirty = True
         if not cls.__db0_no_default_tags__:
             for tag in self.workspace.class_tags(self, cls):
-                self.tags.set(obj._oid, tag, True)
+                self.tags.set(obj._oid, tag, True, committed=False)
         if self.atomic_log is not None:
             self.atomic_log.created(obj)
         return obj

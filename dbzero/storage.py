@@ -274,6 +274,17 @@ class Storage:
                     continue
                 yield key, value[strip:]
 
+    def scan_versioned(self, db: str, prefix: bytes, start: Optional[bytes] = None,
+                       stop: Optional[bytes] = None) -> Iterator[Tuple[bytes, int, bytes]]:
+        """Like scan over a versioned db, also yielding each value's write state."""
+        cur = self._rtxn.cursor(db=self._dbs[db])
+        if not cur.set_range(start if start is not None else prefix):
+            return
+        for key, value in cur:
+            if not key.startswith(prefix) or (stop is not None and key >= stop):
+                return
+            yield key, _unpack_state(value)[0], value[8:]
+
     def dup_values(self, db: str, key: bytes) -> bytes:
         """All duplicate values of ``key`` in a dupfixed db, concatenated (8 bytes each)."""
         cur = self._rtxn.cursor(db=self._dbs[db])
@@ -357,6 +368,7 @@ class Storage:
                         # The history of a set membership is the membership before the change.
                         txn.put(history_key(db_id, key + value, state), b"\x00" if add else b"\x01",
                                 db=history)
+                        journal.append((db_id, key + value))
             for key, value in batch.meta.items():
                 txn.put(key, value, db=meta)
             if journal:
@@ -382,6 +394,46 @@ class Storage:
         if len(hkey) != len(prefix) + 8 or not hkey.startswith(prefix):
             return None
         return _unpack_state(hkey, len(prefix))[0], cur.value()
+
+    def history_range(self, db: str, prefix: bytes) -> Iterator[Tuple[bytes, int, bytes]]:
+        """Every history entry of keys starting with ``prefix``: (key, state, old value)."""
+        db_id = VERSIONED_DBS.get(db) or DUP_DBS[db]
+        hprefix = bytes((db_id,)) + prefix
+        for hkey, value in self.scan("history", hprefix):
+            yield hkey[1:-8], _unpack_state(hkey, len(hkey) - 8)[0], value
+
+    @property
+    def history_floor(self) -> int:
+        """States below this were pruned by compaction and can no longer be read."""
+        raw = self._rtxn.get(b"history_floor", db=self._dbs["meta"])
+        return _unpack_state(raw)[0] if raw else 1
+
+    def compact(self, before: int) -> int:
+        """Drop history needed only for states older than ``before``; returns entries removed."""
+        env = self._check_open()
+        floor = self.history_floor
+        before = min(before, self.state)
+        if before <= floor:
+            return 0
+        removed = 0
+        while True:
+            try:
+                with env.begin(write=True) as txn:
+                    jdb, hdb = self._dbs["journal"], self._dbs["history"]
+                    for state in range(floor + 1, before + 1):
+                        skey = _pack_state(state)
+                        raw = txn.get(skey, db=jdb)
+                        if raw is None:
+                            continue
+                        for db_id, key in msgpack.unpackb(raw):
+                            removed += txn.delete(history_key(db_id, key, state), db=hdb)
+                        txn.delete(skey, db=jdb)
+                    txn.put(b"history_floor", _pack_state(before), db=self._dbs["meta"])
+                break
+            except lmdb.MapFullError:
+                self._grow()
+        self.refresh()
+        return removed
 
     def journal(self, state: int) -> List[Tuple[int, bytes]]:
         raw = self._rtxn.get(_pack_state(state), db=self._dbs["journal"])
@@ -418,3 +470,99 @@ def _prefix_end(prefix: bytes) -> Optional[bytes]:
     if not stripped:
         return None
     return stripped[:-1] + bytes((stripped[-1] + 1,))
+
+
+class StorageView:
+    """The read interface of :class:`Storage`, answering as of a past state.
+
+    The value of key K at state S is the first history entry of K with a state above S,
+    else the live value if it was written at or before S, else absent.  Reads run in
+    the live storage's short read transaction (renewed at every commit/refresh), so a
+    view never pins an LMDB snapshot for its whole life.
+    """
+
+    readonly = True
+
+    def __init__(self, storage: Storage, state: int) -> None:
+        self.base = storage
+        self._state = state
+        self.prefix_uuid = storage.prefix_uuid
+        self.path = f"{storage.path}@{state}"
+
+    @property
+    def state(self) -> int:
+        return self._state
+
+    def meta_get(self, key: bytes) -> Optional[bytes]:
+        if key == b"state":
+            return _pack_state(self._state)
+        return self.base.meta_get(key)
+
+    def refresh(self) -> bool:
+        return False
+
+    def get(self, db: str, key: bytes) -> Optional[bytes]:
+        found = self.get_versioned(db, key)
+        return None if found is None else found[1]
+
+    def get_versioned(self, db: str, key: bytes) -> Optional[Tuple[int, bytes]]:
+        base = self.base
+        old = base.history_scan(db, key, self._state)
+        if old is not None:
+            raw = old[1]
+            return _unpack_state(raw)[0], raw[8:]
+        live = base.get_versioned(db, key)
+        if live is None or live[0] > self._state:
+            return None
+        return live
+
+    def scan(self, db: str, prefix: bytes, start: Optional[bytes] = None,
+             stop: Optional[bytes] = None, reverse: bool = False) -> Iterator[Tuple[bytes, bytes]]:
+        state = self._state
+        out: Dict[bytes, Optional[bytes]] = {}
+        for key, wstate, payload in self.base.scan_versioned(db, prefix, start, stop):
+            out[key] = payload if wstate <= state else None
+        seen_old = set()
+        for key, hstate, raw in self.base.history_range(db, prefix):
+            if hstate <= state or key in seen_old:
+                continue
+            if (start is not None and key < start) or (stop is not None and key >= stop):
+                continue
+            seen_old.add(key)   # entries of one key come in state order: the first one wins
+            out[key] = raw[8:]
+        keys = sorted((k for k, v in out.items() if v is not None), reverse=reverse)
+        for key in keys:
+            yield key, out[key]
+
+    def dup_values(self, db: str, key: bytes) -> bytes:
+        return b"".join(self.dup_list(db, key))
+
+    def dup_list(self, db: str, key: bytes) -> List[bytes]:
+        members = set(self.base.dup_list(db, key))
+        size = len(key)
+        seen = set()
+        for hkey, hstate, raw in self.base.history_range(db, key):
+            value = hkey[size:]
+            if hstate <= self._state or value in seen or (db == "tags" and len(value) != 8):
+                continue
+            seen.add(value)
+            if raw == b"\x01":
+                members.add(value)
+            else:
+                members.discard(value)
+        return sorted(members)
+
+    def dup_count(self, db: str, key: bytes) -> int:
+        return len(self.dup_list(db, key))
+
+    def dup_contains(self, db: str, key: bytes, value: bytes) -> bool:
+        old = self.base.history_scan(db, key + value, self._state)
+        if old is not None:
+            return old[1] == b"\x01"
+        return self.base.dup_contains(db, key, value)
+
+    def journal(self, state: int) -> List[Tuple[int, bytes]]:
+        return self.base.journal(state)
+
+    def close(self) -> None:
+        """Views own no LMDB resources."""

@@ -86,8 +86,9 @@ cdef class MemoBase:
     cdef public unsigned long long _oid
     cdef public int _flags
     cdef public long long _rc
-    cdef dict __dict__
-    cdef object __weakref__
+    # No `cdef dict __dict__` here: Cython's dealloc would clear the dict's contents,
+    # breaking `vars(fetch(uid))` on a temporary.  The Python subclass built by the
+    # decorator owns a normal instance dict and weakref slot instead.
 
     def __getattribute__(self, name):
         if self._flags & F_SLOW and name not in _INTERNAL:
