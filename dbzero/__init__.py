@@ -33,4 +33,12 @@ from .api import (  # noqa: F401
 from .snapshot import snapshot, get_snapshot_of, compact, Snapshot  # noqa: F401
 from .atomic import atomic, atomic_assign, AtomicManager  # noqa: F401
 
+from .tags import tags, find, no, as_tag, split_by, filter, Tag  # noqa: F401,A004
+from .index import index, Index  # noqa: F401
+
 __version__ = "0.1.0"
+
+from .collections import (  # noqa: F401,A004 - db0.list/dict/... shadow the builtins on purpose
+    List, Dict, Set, Tuple, ByteArray, list, dict, set, tuple, bytearray, hash, is_collection,
+)
+from .loading import load, load_all  # noqa: F401

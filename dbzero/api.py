@@ -8,6 +8,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Type, TypeVar
 from . import errors, workspace
 from .memo import is_memo, singleton_of
 from .prefix import F_DEAD, F_GHOST, F_INIT, MemoBase, WeakRef
+from .snapshot import active_view
 
 T = TypeVar("T")
 
@@ -139,9 +140,7 @@ def uuid(obj: Any) -> str:
     return obj._px.uuid_of(obj._oid)
 
 
-def _view():
-    from .snapshot import active_view
-    return active_view()
+_view = active_view
 
 
 def fetch(identifier: Any, expected_type: Optional[type] = None, prefix: Optional[str] = None) -> Any:

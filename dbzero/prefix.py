@@ -163,6 +163,11 @@ class TagStore:
         self.px.note_change()
         return True
 
+    def add_to_new(self, oid: int, tag: bytes) -> None:
+        """Tag an object created since the last commit (it has no committed tags)."""
+        self.pending.setdefault(tag, {})[oid] = True
+        self.pending_by_obj.setdefault(oid, {})[tag] = True
+
     def tags_of(self, oid: int) -> List[bytes]:
         tags = set(self.px.storage.dup_list("obj_tags", pack_oid(oid)))
         for tag, present in self.pending_by_obj.get(oid, {}).items():
@@ -213,6 +218,7 @@ class Prefix:
         self.index_hooks: List[Any] = []      # flushers registered by dbzero.index
         self.changed = False
         self.lock = workspace.lock
+        self._class_tags: Dict[type, List[bytes]] = {}
         self._classes_by_id: Dict[int, ClassInfo] = {}
         self._classes_by_name: Dict[str, ClassInfo] = {}
         self._next_class_id = FIRST_USER_CLASS_ID
@@ -637,8 +643,9 @@ class Prefix:
 
     def collect_garbage(self, everything: bool = False) -> None:
         """Delete unreachable objects (count 0, not held by Python unless ``everything``)."""
-        candidates = set(self.zero_rc) if everything else \
-            self.gc_candidates | (self.zero_rc & self.dirty.keys())
+        zero_rc = self.zero_rc
+        candidates = set(zero_rc) if everything else \
+            self.gc_candidates | {oid for oid in self.dirty if oid in zero_rc}
         self.gc_candidates = set()
         while candidates:
             oid = candidates.pop()
@@ -711,9 +718,11 @@ class Prefix:
         info = self.class_info(type(obj))
         d = raw_dict(obj)
         slots = [ABSENT] * len(info.fields)
-        slot_of = info.slot_of
+        index = info.field_index
         for name, value in d.items():
-            idx = slot_of(name)
+            idx = index.get(name)
+            if idx is None:
+                idx = info.slot_of(name)
             if idx >= len(slots):
                 slots.extend([ABSENT] * (idx + 1 - len(slots)))
             slots[idx] = value

@@ -28,6 +28,8 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import lmdb
 import msgpack
 
+from dbzero_ext.postings import IdSet
+
 from .errors import FormatError, PrefixLockedError, PrefixNotFoundError, StorageError
 
 FORMAT_VERSION = 1
@@ -196,7 +198,9 @@ class Storage:
         version = self._rtxn.get(b"format", db=self._dbs["meta"])
         if version is None or _unpack_state(version)[0] != FORMAT_VERSION:
             found = _unpack_state(version)[0] if version else None
-            self.close()
+            self._rtxn.abort()
+            self._env.close()
+            self._env = self._rtxn = None
             raise FormatError(f"{self.path}: unsupported format version {found} "
                               f"(this dbzero reads version {FORMAT_VERSION})")
         self.prefix_uuid: bytes = self._rtxn.get(b"uuid", db=self._dbs["meta"])
@@ -287,11 +291,16 @@ class Storage:
 
     def dup_values(self, db: str, key: bytes) -> bytes:
         """All duplicate values of ``key`` in a dupfixed db, concatenated (8 bytes each)."""
+        return self.dup_ids(db, key).to_be_bytes()
+
+    def dup_ids(self, db: str, key: bytes) -> IdSet:
+        """The 8-byte big-endian duplicate values of ``key`` as an IdSet (one LMDB call)."""
         cur = self._rtxn.cursor(db=self._dbs[db])
         if not cur.set_key(key):
-            return b""
-        return bytes(cur.getmulti([key], dupdata=True, dupfixed_bytes=8, keyfixed=True)) \
-            if hasattr(cur, "getmulti") else b"".join(cur.iternext_dup())
+            return IdSet.empty()
+        # keyfixed=True returns one buffer of (key + value) records.
+        records = cur.getmulti([key], True, 8, True)
+        return IdSet.from_be_records(records, len(key) + 8, len(key))
 
     def dup_list(self, db: str, key: bytes) -> List[bytes]:
         cur = self._rtxn.cursor(db=self._dbs[db])
@@ -362,7 +371,8 @@ class Storage:
             for name, ops in batch.dups.items():
                 db, db_id = dbs[name], DUP_DBS[name]
                 for key, value, add in ops:
-                    changed = txn.put(key, value, db=db, dupdata=True, overwrite=False) if add \
+                    # dupdata=False is MDB_NODUPDATA: refuse only an identical (key, value) pair.
+                    changed = txn.put(key, value, db=db, dupdata=False) if add \
                         else txn.delete(key, value, db=db)
                     if changed:
                         # The history of a set membership is the membership before the change.
@@ -509,8 +519,11 @@ class StorageView:
         base = self.base
         old = base.history_scan(db, key, self._state)
         if old is not None:
+            # The value replaced at old[0]; if it was itself written after our state, the
+            # key was created after it (creation writes no history): absent.
             raw = old[1]
-            return _unpack_state(raw)[0], raw[8:]
+            written = _unpack_state(raw)[0]
+            return (written, raw[8:]) if written <= self._state else None
         live = base.get_versioned(db, key)
         if live is None or live[0] > self._state:
             return None
@@ -529,13 +542,16 @@ class StorageView:
             if (start is not None and key < start) or (stop is not None and key >= stop):
                 continue
             seen_old.add(key)   # entries of one key come in state order: the first one wins
-            out[key] = raw[8:]
+            out[key] = raw[8:] if _unpack_state(raw)[0] <= state else None
         keys = sorted((k for k, v in out.items() if v is not None), reverse=reverse)
         for key in keys:
             yield key, out[key]
 
     def dup_values(self, db: str, key: bytes) -> bytes:
         return b"".join(self.dup_list(db, key))
+
+    def dup_ids(self, db: str, key: bytes) -> IdSet:
+        return IdSet.from_be_bytes(self.dup_values(db, key))
 
     def dup_list(self, db: str, key: bytes) -> List[bytes]:
         members = set(self.base.dup_list(db, key))

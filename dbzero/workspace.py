@@ -9,6 +9,7 @@ the others; this is the price of a simple, provably consistent model.
 
 from __future__ import annotations
 
+import _thread
 import atexit
 import base64
 import datetime as _dt
@@ -20,7 +21,7 @@ import uuid as _uuid
 from typing import Any, Dict, List, Optional, Tuple
 
 from dbzero_ext import memo as _memo
-from dbzero_ext.codec import qualified_name
+from dbzero_ext.codec import decode_uuid, encode_uuid, qualified_name
 
 from . import errors
 from .prefix import Prefix, WeakRef
@@ -93,7 +94,8 @@ class Workspace:
         self.locked_depth = 0
         self._uuid_paths: Dict[bytes, str] = {}
         self._stop = threading.Event()
-        self._autocommit_thread: Optional[threading.Thread] = None
+        self._stopped = threading.Event()
+        self._autocommit_running = False
 
     # -- prefixes ------------------------------------------------------------------
 
@@ -238,9 +240,8 @@ class Workspace:
 
     def close_all(self) -> None:
         self._stop.set()
-        thread = self._autocommit_thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=5)
+        if self._autocommit_running and threading.get_ident() != self._autocommit_ident():
+            self._stopped.wait(timeout=5)
         with self.lock:
             first_error = None
             for name in list(self.prefixes):
@@ -250,6 +251,9 @@ class Workspace:
                     first_error = first_error or exc
             if first_error is not None:
                 raise first_error
+
+    def _autocommit_ident(self) -> Optional[int]:
+        return getattr(self, "_loop_ident", None)
 
     # -- commits ---------------------------------------------------------------------
 
@@ -262,14 +266,24 @@ class Workspace:
                 px.commit()
 
     def _ensure_autocommit(self) -> None:
-        if self._autocommit_thread is not None and self._autocommit_thread.is_alive():
+        if self._autocommit_running:
             return
+        self._autocommit_running = True
         self._stop.clear()
-        self._autocommit_thread = threading.Thread(target=self._autocommit_loop,
-                                                   name="dbzero-autocommit", daemon=True)
-        self._autocommit_thread.start()
+        self._stopped.clear()
+        # _thread does not wait for the new thread to be scheduled (threading.Thread.start
+        # does, which made opening a prefix slow and noisy on a busy machine).
+        _thread.start_new_thread(self._autocommit_loop, ())
 
     def _autocommit_loop(self) -> None:
+        try:
+            self._autocommit_body()
+        finally:
+            self._autocommit_running = False
+            self._stopped.set()
+
+    def _autocommit_body(self) -> None:
+        self._loop_ident = threading.get_ident()
         interval = max(self.config["autocommit_interval"], 1) / 1000.0
         while not self._stop.wait(interval):
             if not self.lock.acquire(timeout=interval):
@@ -293,17 +307,16 @@ class Workspace:
 
     @staticmethod
     def format_uuid(prefix_uuid: bytes, oid: int) -> str:
-        return base64.b32encode(prefix_uuid + oid.to_bytes(8, "big")).decode("ascii")
+        return encode_uuid(prefix_uuid, oid)
 
     @staticmethod
     def parse_uuid(text: Any) -> Tuple[bytes, int]:
-        if not isinstance(text, str) or len(text) != 24:
+        if not isinstance(text, str):
             raise errors.InvalidUUIDError(f"Invalid UUID: {text!r}")
         try:
-            raw = base64.b32decode(text, casefold=False)
-        except (ValueError, TypeError):
+            return decode_uuid(text)
+        except ValueError:
             raise errors.InvalidUUIDError(f"Invalid UUID: {text!r}") from None
-        return raw[:7], int.from_bytes(raw[7:], "big")
 
     # -- classes ---------------------------------------------------------------------------
 
@@ -440,8 +453,9 @@ def _after_fork_in_child() -> None:
     # The autocommit thread does not exist in a forked child; restart it lazily.
     ws = _workspace
     if ws is not None:
-        ws._autocommit_thread = None
+        ws._autocommit_running = False
         ws._stop = threading.Event()
+        ws._stopped = threading.Event()
 
 
 if hasattr(os, "register_at_fork"):

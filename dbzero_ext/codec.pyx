@@ -224,3 +224,62 @@ cdef class Codec:
 def has_references(bytes data):
     """Cheap pre-check: could this packed value contain a REF ext record?"""
     return b"\x09" in data
+
+
+# -- object UUIDs ---------------------------------------------------------------------
+# A UUID is RFC 4648 base32 (A-Z, 2-7) of prefix uuid (7 bytes) + object id (8 bytes BE):
+# 120 bits, exactly 24 characters, no padding.
+
+cdef bytes _B32 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+cdef signed char _B32_VALUE[256]
+for _i in range(256):
+    _B32_VALUE[_i] = -1
+for _i, _c in enumerate(_B32):
+    _B32_VALUE[_c] = _i
+
+
+def encode_uuid(bytes prefix_uuid, unsigned long long oid):
+    """24-character id of object ``oid`` in the prefix with id ``prefix_uuid`` (7 bytes)."""
+    cdef unsigned char raw[15]
+    cdef char out[24]
+    cdef int i, bit, idx, value
+    if len(prefix_uuid) != 7:
+        raise ValueError("prefix uuid must be 7 bytes")
+    for i in range(7):
+        raw[i] = prefix_uuid[i]
+    for i in range(8):
+        raw[7 + i] = (oid >> (56 - 8 * i)) & 0xFF
+    for i in range(24):
+        bit = i * 5
+        idx = bit >> 3
+        value = (raw[idx] << 8) | (raw[idx + 1] if idx + 1 < 15 else 0)
+        out[i] = _B32[(value >> (11 - (bit & 7))) & 31]
+    return out[:24].decode("ascii")
+
+
+def decode_uuid(str text):
+    """(prefix uuid bytes, object id) of a UUID string; ValueError if malformed."""
+    cdef unsigned char raw[15]
+    cdef int i, v, bit, idx
+    cdef unsigned long long oid = 0
+    cdef bytes data
+    if len(text) != 24:
+        raise ValueError("a dbzero UUID has 24 characters")
+    data = text.encode("ascii", "replace")
+    for i in range(15):
+        raw[i] = 0
+    for i in range(24):
+        v = _B32_VALUE[<unsigned char>data[i]]
+        if v < 0:
+            raise ValueError(f"invalid character {text[i]!r} in UUID")
+        bit = i * 5
+        idx = bit >> 3
+        # place 5 bits starting at bit offset `bit` (big-endian bit order)
+        if (bit & 7) <= 3:
+            raw[idx] |= v << (3 - (bit & 7))
+        else:
+            raw[idx] |= v >> ((bit & 7) - 3)
+            raw[idx + 1] |= (v << (11 - (bit & 7))) & 0xFF
+    for i in range(8):
+        oid = (oid << 8) | raw[7 + i]
+    return bytes(raw[:7]), oid

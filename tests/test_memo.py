@@ -202,6 +202,7 @@ def test_dataclass(db):
     assert list(p.tags) == ["a"]
     assert p == p and repr(p).startswith("Point(x=1, y=5")
     q = Point(1)
+    q.tags.append("a")
     assert p == q  # dataclass __eq__ is honoured (field comparison)
     assert hash(p) != hash(q)  # identity hash
 

@@ -1,0 +1,132 @@
+"""The LMDB storage layer: batches, duplicate sets, history, map growth, format checks."""
+
+import os
+import struct
+
+import lmdb
+import pytest
+
+from dbzero import errors, storage
+from dbzero.storage import Storage, StorageView, WriteBatch
+
+oid = struct.Struct(">Q").pack
+
+
+@pytest.fixture
+def st(tmp_path):
+    s = Storage(str(tmp_path / "p.db0"), readonly=False)
+    yield s
+    s.close()
+
+
+def test_put_get_and_state(st):
+    assert st.state == 1
+    b = WriteBatch()
+    b.put("objects", oid(1), b"one", fresh=True)
+    assert st.commit(b) == 2
+    assert st.get("objects", oid(1)) == b"one" and st.get_versioned("objects", oid(1)) == (2, b"one")
+    b = WriteBatch()
+    b.put("objects", oid(1), b"uno")
+    st.commit(b)
+    assert st.get("objects", oid(1)) == b"uno"
+    assert st.history_scan("objects", oid(1), 2) == (3, struct.pack(">Q", 2) + b"one")
+    assert st.journal(3) == [(2, oid(1))]
+    b = WriteBatch()
+    b.delete("objects", oid(1))
+    st.commit(b)
+    assert st.get("objects", oid(1)) is None
+    view = StorageView(st, 3)
+    assert view.get("objects", oid(1)) == b"uno"
+    assert StorageView(st, 2).get("objects", oid(1)) == b"one"
+    assert StorageView(st, 1).get("objects", oid(1)) is None
+
+
+def test_duplicate_sets_keep_every_member(st):
+    b = WriteBatch()
+    for i in range(10):
+        b.dup("tags", b"Ctag", oid(i), True)
+    b.dup("tags", b"Ctag", oid(3), True)  # adding twice is one member
+    st.commit(b)
+    assert st.dup_count("tags", b"Ctag") == 10
+    assert st.dup_values("tags", b"Ctag") == b"".join(oid(i) for i in range(10))
+    b = WriteBatch()
+    b.dup("tags", b"Ctag", oid(4), False)
+    st.commit(b)
+    assert not st.dup_contains("tags", b"Ctag", oid(4))
+    assert StorageView(st, 2).dup_contains("tags", b"Ctag", oid(4))
+    assert StorageView(st, 2).dup_count("tags", b"Ctag") == 10
+    assert StorageView(st, 1).dup_count("tags", b"Ctag") == 0
+
+
+def test_scan_range_reverse_and_view(st):
+    b = WriteBatch()
+    for i in range(5):
+        b.put("chunks", oid(7) + bytes([i]), bytes([i]), fresh=True)
+    b.put("chunks", oid(8) + b"\x00", b"other", fresh=True)
+    st.commit(b)
+    keys = [k for k, _ in st.scan("chunks", oid(7))]
+    assert keys == [oid(7) + bytes([i]) for i in range(5)]
+    assert [k for k, _ in st.scan("chunks", oid(7), reverse=True)] == keys[::-1]
+    assert [k for k, _ in st.scan("chunks", oid(7), start=keys[1], stop=keys[3])] == keys[1:3]
+    b = WriteBatch()
+    b.delete("chunks", keys[0])
+    b.put("chunks", keys[1], b"new")
+    st.commit(b)
+    old = dict(StorageView(st, 2).scan("chunks", oid(7)))
+    assert old == {k: bytes([i]) for i, k in enumerate(keys)}
+    assert dict(StorageView(st, 3).scan("chunks", oid(7)))[keys[1]] == b"new"
+
+
+def test_map_grows_inside_the_library(tmp_path, monkeypatch):
+    monkeypatch.setattr(storage, "INITIAL_MAP_SIZE", 1 << 20)
+    s = Storage(str(tmp_path / "small.db0"), readonly=False)
+    try:
+        for round_ in range(8):
+            b = WriteBatch()
+            for i in range(200):
+                b.put("objects", oid(round_ * 1000 + i), os.urandom(2000), fresh=True)
+            s.commit(b)
+        assert s.stat()["objects_entries"] == 1600
+    finally:
+        s.close()
+
+
+def test_one_environment_per_file_per_process(st):
+    with pytest.raises(errors.StorageError, match="already open"):
+        Storage(st.path, readonly=True)
+
+
+def test_unknown_format_version_is_refused(tmp_path):
+    path = str(tmp_path / "v.db0")
+    Storage(path, readonly=False).close()
+    env = lmdb.open(path, subdir=False, max_dbs=16)
+    with env.begin(write=True) as txn:
+        txn.put(b"format", struct.pack(">Q", 99), db=env.open_db(b"meta", txn=txn))
+    env.close()
+    with pytest.raises(errors.FormatError, match="unsupported format version 99"):
+        Storage(path, readonly=False)
+
+
+def test_not_a_dbzero_file(tmp_path):
+    path = str(tmp_path / "foreign.db0")
+    env = lmdb.open(path, subdir=False)
+    env.close()
+    with pytest.raises(errors.FormatError):
+        Storage(path, readonly=True)
+
+
+def test_missing_file_read_only(tmp_path):
+    with pytest.raises(errors.PrefixNotFoundError):
+        Storage(str(tmp_path / "none.db0"), readonly=True)
+
+
+def test_compaction_removes_history(st):
+    for v in range(5):
+        b = WriteBatch()
+        b.put("objects", oid(1), bytes([v]), fresh=v == 0)
+        b.dup("tags", b"t", oid(v), True)
+        st.commit(b)
+    assert st.compact(4) > 0
+    assert st.history_floor == 4
+    assert StorageView(st, 4).get("objects", oid(1)) == bytes([2])
+    assert st.stat()["journal_entries"] == 2
