@@ -29,6 +29,7 @@ from . import errors
 from .storage import Storage, WriteBatch
 
 _OID = struct.Struct(">Q")
+_wref = weakref.ref
 _REF = struct.Struct(">QI")
 _CLS = struct.Struct(">I")
 pack_oid = _OID.pack
@@ -209,7 +210,8 @@ class Prefix:
         self.readonly = readonly
         self.autocommit = autocommit
         self.closed = False
-        self.objects: Dict[int, weakref.KeyedRef] = {}
+        self.objects: Dict[int, weakref.ref] = {}
+        self._ref_oid: Dict[int, int] = {}
         self.dirty: Dict[int, Any] = {}
         self.zero_rc: Set[int] = set()
         self.gc_candidates: Set[int] = set()
@@ -219,6 +221,7 @@ class Prefix:
         self.changed = False
         self.lock = workspace.lock
         self._class_tags: Dict[type, List[bytes]] = {}
+        self._info_by_cls: Dict[type, ClassInfo] = {}
         self._classes_by_id: Dict[int, ClassInfo] = {}
         self._classes_by_name: Dict[str, ClassInfo] = {}
         self._next_class_id = FIRST_USER_CLASS_ID
@@ -286,10 +289,17 @@ class Prefix:
         return self.workspace.format_uuid(self.uuid, oid)
 
     def register(self, obj: Any) -> None:
-        self.objects[obj._oid] = weakref.KeyedRef(obj, self._on_proxy_dead, obj._oid)
+        # A plain weakref with a shared callback plus an id(ref) -> oid map costs a fraction
+        # of weakref.KeyedRef (a Python-level subclass) on the object-creation hot path.
+        oid = obj._oid
+        ref = _wref(obj, self._on_proxy_dead)
+        self.objects[oid] = ref
+        self._ref_oid[id(ref)] = oid
 
-    def _on_proxy_dead(self, ref: weakref.KeyedRef) -> None:
-        oid = ref.key
+    def _on_proxy_dead(self, ref: weakref.ref) -> None:
+        oid = self._ref_oid.pop(id(ref), None)
+        if oid is None:
+            return
         if self.objects.get(oid) is ref:
             del self.objects[oid]
         if oid in self.zero_rc:
@@ -547,23 +557,29 @@ class Prefix:
 
     def create(self, cls: type) -> Any:
         """A new, empty memo object of ``cls`` (its __init__ has not run yet)."""
-        self.check_writable()
-        info = self.class_info(cls)
-        obj = MemoBase.__new__(cls)
-        obj._px = self
-        obj._oid = self.new_oid()
-        obj._flags = F_NEW | F_INIT
-        obj._rc = 0
+        if self.readonly or self.closed:
+            self.check_writable()
+        info = self._info_by_cls.get(cls)
+        if info is None:
+            info = self._info_by_cls[cls] = self.class_info(cls)
+        oid = self._next_oid
+        self._next_oid = oid + 1
+        obj = _memo.new_object(cls, self, oid, F_NEW | F_INIT | F_DIRTY)
         self.register(obj)
-        self.mark_dirty(obj)
+        self.dirty[oid] = obj
+        self.changed = True
         if not cls.__db0_singleton__:
-            self.zero_rc.add(obj._oid)
+            self.zero_rc.add(oid)
         else:
-            info.singleton_oid = obj._oid
+            info.singleton_oid = oid
             info.dirty = True
         if not cls.__db0_no_default_tags__:
-            for tag in self.workspace.class_tags(self, cls):
-                self.tags.set(obj._oid, tag, True, committed=False)
+            tags = self._class_tags.get(cls)
+            if tags is None:
+                tags = self._class_tags[cls] = self.workspace.class_tags(self, cls)
+            add = self.tags.add_to_new
+            for tag in tags:
+                add(oid, tag)
         if self.atomic_log is not None:
             self.atomic_log.created(obj)
         return obj
@@ -683,10 +699,20 @@ class Prefix:
         batch = WriteBatch()
         pack = self.codec.pack
         dirty = self.dirty
+        objects = batch.puts.setdefault("objects", {})
+        fresh = batch.fresh
+        record_of = _memo.record_of
+        info_of = self._info_by_cls
         for oid, obj in dirty.items():
-            key = pack_oid(oid)
             if isinstance(obj, MemoBase):
-                batch.put("objects", key, pack(self._record_of(obj)), fresh=bool(obj._flags & F_NEW))
+                cls = type(obj)
+                info = info_of.get(cls)
+                if info is None:
+                    info = info_of[cls] = self.class_info(cls)
+                key = pack_oid(oid)
+                objects[key] = pack(record_of(obj, info))
+                if obj._flags & F_NEW:
+                    fresh.add(("objects", key))
             else:
                 obj._db0_flush(batch)
         for oid, obj in self.pending_deletes.items():
@@ -713,22 +739,6 @@ class Prefix:
         self.pending_deletes = {}
         self.changed = False
         return True
-
-    def _record_of(self, obj: Any) -> list:
-        info = self.class_info(type(obj))
-        d = raw_dict(obj)
-        slots = [ABSENT] * len(info.fields)
-        index = info.field_index
-        for name, value in d.items():
-            idx = index.get(name)
-            if idx is None:
-                idx = info.slot_of(name)
-            if idx >= len(slots):
-                slots.extend([ABSENT] * (idx + 1 - len(slots)))
-            slots[idx] = value
-        while slots and slots[-1] is ABSENT:
-            slots.pop()
-        return [info.class_id, obj._rc, *slots]
 
     @property
     def state_num(self) -> int:

@@ -30,7 +30,7 @@ import msgpack
 
 from dbzero_ext.postings import IdSet
 
-from .errors import FormatError, PrefixLockedError, PrefixNotFoundError, StorageError
+from .errors import ConflictError, FormatError, PrefixLockedError, PrefixNotFoundError, StorageError
 
 FORMAT_VERSION = 1
 
@@ -331,14 +331,19 @@ class Storage:
             except lmdb.MapFullError:
                 self._grow()
 
-    def commit(self, batch: WriteBatch) -> int:
-        """Apply ``batch`` in one write transaction; returns the new state number."""
+    def commit(self, batch: WriteBatch, base_state: Optional[int] = None) -> int:
+        """Apply ``batch`` in one write transaction; returns the new state number.
+
+        With ``base_state`` (several writers on one prefix), every key the batch overwrites
+        must not have been written after that state; otherwise nothing is written and
+        ConflictError names the first such key.
+        """
         env = self._check_open()
         if self.readonly:
             raise StorageError(f"commit on read-only prefix file {self.path}")
         while True:
             try:
-                state = self._commit_once(env, batch)
+                state = self._commit_once(env, batch, base_state)
                 break
             except lmdb.MapFullError:
                 self._grow()
@@ -348,29 +353,46 @@ class Storage:
         self._rtxn = env.begin(buffers=False)
         return state
 
-    def _commit_once(self, env: lmdb.Environment, batch: WriteBatch) -> int:
+    def _commit_once(self, env: lmdb.Environment, batch: WriteBatch,
+                     base_state: Optional[int] = None) -> int:
         dbs = self._dbs
         with env.begin(write=True) as txn:
             meta, history = dbs["meta"], dbs["history"]
             state = _unpack_state(txn.get(b"state", db=meta))[0] + 1
             header = _pack_state(state)
+            # Ids at or above this were allocated after the previous commit: keys and set
+            # memberships of such objects cannot have an earlier value, so they need no
+            # history (a view at an older state filters them by this per-state mark).
+            id_floor = txn.get(b"next_oid", db=meta)
             journal: List[Tuple[int, bytes]] = []
             fresh = batch.fresh
             for name, ops in batch.puts.items():
                 db, db_id = dbs[name], VERSIONED_DBS[name]
+                new_items = []
                 for key, value in ops.items():
                     if (name, key) not in fresh:
                         old = txn.get(key, db=db)
                         if old is not None:
+                            if base_state is not None and _unpack_state(old)[0] > base_state:
+                                raise ConflictError(f"{self.path}: {name} key {key.hex()} was changed "
+                                                    f"by another writer after state {base_state}")
                             txn.put(history_key(db_id, key, state), old, db=history)
                             journal.append((db_id, key))
-                    if value is None:
-                        txn.delete(key, db=db)
-                    else:
-                        txn.put(key, header + value, db=db)
+                        if value is None:
+                            txn.delete(key, db=db)
+                        else:
+                            txn.put(key, header + value, db=db)
+                    elif value is not None:
+                        new_items.append((key, header + value))
+                if new_items:
+                    self._put_many(txn, db, new_items, dupdata=False)
             for name, ops in batch.dups.items():
                 db, db_id = dbs[name], DUP_DBS[name]
+                new_members = []
                 for key, value, add in ops:
+                    if add and (value if name == "tags" else key[:8]) >= id_floor:
+                        new_members.append((key, value))
+                        continue
                     # dupdata=False is MDB_NODUPDATA: refuse only an identical (key, value) pair.
                     changed = txn.put(key, value, db=db, dupdata=False) if add \
                         else txn.delete(key, value, db=db)
@@ -379,12 +401,24 @@ class Storage:
                         txn.put(history_key(db_id, key + value, state), b"\x00" if add else b"\x01",
                                 db=history)
                         journal.append((db_id, key + value))
+                if new_members:
+                    new_members.sort()
+                    self._put_many(txn, db, new_members, dupdata=True)
             for key, value in batch.meta.items():
                 txn.put(key, value, db=meta)
             if journal:
                 txn.put(header, msgpack.packb(journal), db=dbs["journal"])
+            txn.put(b"oids@" + header, txn.get(b"next_oid", db=meta), db=meta)
             txn.put(b"state", header, db=meta)
         return state
+
+    @staticmethod
+    def _put_many(txn: lmdb.Transaction, db, items: list, dupdata: bool) -> None:
+        # One C-level loop instead of a Python call per key (LMDB.md rule 9: pass a list
+        # and check the counts).
+        consumed, _added = txn.cursor(db=db).putmulti(items, dupdata=dupdata, overwrite=True)
+        if consumed != len(items):
+            raise StorageError(f"putmulti wrote {consumed} of {len(items)} items")
 
     def _grow(self) -> None:
         env = self._check_open()
@@ -553,7 +587,18 @@ class StorageView:
     def dup_ids(self, db: str, key: bytes) -> IdSet:
         return IdSet.from_be_bytes(self.dup_values(db, key))
 
+    def _id_floor(self) -> bytes:
+        """Object ids at or above this did not exist at the view's state."""
+        floor = getattr(self, "_floor", None)
+        if floor is None:
+            floor = self.base.meta_get(b"oids@" + _pack_state(self._state)) or _pack_state(1)
+            self._floor = floor
+        return floor
+
     def dup_list(self, db: str, key: bytes) -> List[bytes]:
+        floor = self._id_floor()
+        if db == "obj_tags" and key[:8] >= floor:
+            return []
         members = set(self.base.dup_list(db, key))
         size = len(key)
         seen = set()
@@ -566,12 +611,16 @@ class StorageView:
                 members.add(value)
             else:
                 members.discard(value)
+        if db == "tags":
+            members = {m for m in members if m < floor}
         return sorted(members)
 
     def dup_count(self, db: str, key: bytes) -> int:
         return len(self.dup_list(db, key))
 
     def dup_contains(self, db: str, key: bytes, value: bytes) -> bool:
+        if (value if db == "tags" else key[:8]) >= self._id_floor():
+            return False
         old = self.base.history_scan(db, key + value, self._state)
         if old is not None:
             return old[1] == b"\x01"

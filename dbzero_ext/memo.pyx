@@ -157,3 +157,40 @@ def raw_dict(MemoBase obj):
 
 def is_memo_instance(obj):
     return isinstance(obj, MemoBase)
+
+
+from dbzero_ext.codec import ABSENT as _ABSENT
+
+
+def new_object(type cls, px, unsigned long long oid, int flags):
+    """Allocate a memo instance of ``cls`` bound to prefix ``px`` (no __init__ run)."""
+    cdef MemoBase obj = MemoBase.__new__(cls)
+    obj._px = px
+    obj._oid = oid
+    obj._flags = flags
+    obj._rc = 0
+    return obj
+
+
+def record_of(MemoBase obj, info):
+    """The stored record ``[class_id, refcount, slot...]`` of a memo object.
+
+    Slots follow the class's field layout; names not in the layout yet extend it.
+    """
+    cdef dict d = <dict>PyObject_GenericGetAttr(obj, "__dict__")
+    cdef dict index = info.field_index
+    cdef list slots = [_ABSENT] * (len(info.fields) + 2)
+    cdef Py_ssize_t idx
+    slots[0] = info.class_id
+    slots[1] = obj._rc
+    for name, value in d.items():
+        found = index.get(name)
+        if found is None:
+            found = info.slot_of(name)
+        idx = <Py_ssize_t>found + 2
+        while len(slots) <= idx:
+            slots.append(_ABSENT)
+        slots[idx] = value
+    while len(slots) > 2 and slots[len(slots) - 1] is _ABSENT:
+        slots.pop()
+    return slots
