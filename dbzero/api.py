@@ -8,7 +8,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Type, TypeVar
 from . import errors, workspace
 from .memo import is_memo, singleton_of
 from .prefix import F_DEAD, F_GHOST, F_INIT, MemoBase, WeakRef
-from .snapshot import active_view
+from .snapshot import _active_view
 
 T = TypeVar("T")
 
@@ -140,7 +140,7 @@ def uuid(obj: Any) -> str:
     return obj._px.uuid_of(obj._oid)
 
 
-_view = active_view
+_view = _active_view.get
 
 
 def fetch(identifier: Any, expected_type: Optional[type] = None, prefix: Optional[str] = None) -> Any:
@@ -155,7 +155,15 @@ def fetch(identifier: Any, expected_type: Optional[type] = None, prefix: Optiona
         return view.fetch(identifier, expected_type, prefix)
     ws = workspace.current()
     with ws.lock:
-        obj = _fetch_live(ws, identifier, prefix)
+        if type(identifier) is str:
+            # The common case, kept flat: uuid -> prefix -> object.
+            prefix_uuid, oid = ws.parse_uuid(identifier)
+            px = ws.by_uuid.get(prefix_uuid)
+            if px is None or px.closed:
+                px = ws.prefix_by_uuid(prefix_uuid)
+            obj = px.fetch(oid)
+        else:
+            obj = _fetch_live(ws, identifier, prefix)
     if expected_type is not None and not isinstance(obj, expected_type):
         raise errors.Error("Object type mismatch")
     return obj

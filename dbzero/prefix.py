@@ -212,6 +212,7 @@ class Prefix:
         self.closed = False
         self.objects: Dict[int, weakref.ref] = {}
         self._ref_oid: Dict[int, int] = {}
+        self._sweep_at = 4096
         self.dirty: Dict[int, Any] = {}
         self.zero_rc: Set[int] = set()
         self.gc_candidates: Set[int] = set()
@@ -289,12 +290,30 @@ class Prefix:
         return self.workspace.format_uuid(self.uuid, oid)
 
     def register(self, obj: Any) -> None:
-        # A plain weakref with a shared callback plus an id(ref) -> oid map costs a fraction
-        # of weakref.KeyedRef (a Python-level subclass) on the object-creation hot path.
+        """Put ``obj`` in the identity map (weakly).
+
+        Most objects are registered with a plain weak reference (CPython shares one per
+        object, no callback); dead entries are swept when the map has doubled.  Only
+        objects whose reference count is 0 - candidates for collection - are *tracked*
+        with a callback, so that dropping their last proxy schedules them for deletion.
+        """
+        objects = self.objects
+        objects[obj._oid] = _wref(obj)
+        if len(objects) > self._sweep_at:
+            self._sweep()
+
+    def track(self, obj: Any) -> None:
+        """Register ``obj`` so that its death is noticed (reference count 0 objects)."""
         oid = obj._oid
         ref = _wref(obj, self._on_proxy_dead)
         self.objects[oid] = ref
         self._ref_oid[id(ref)] = oid
+
+    def _sweep(self) -> None:
+        objects = self.objects
+        for oid in [oid for oid, ref in objects.items() if ref() is None]:
+            del objects[oid]
+        self._sweep_at = max(4096, 2 * len(objects))
 
     def _on_proxy_dead(self, ref: weakref.ref) -> None:
         oid = self._ref_oid.pop(id(ref), None)
@@ -328,20 +347,44 @@ class Prefix:
         return obj
 
     def try_get_object(self, oid: int, class_id: Optional[int] = None) -> Any:
-        """The object if it exists (loaded or stored), else None."""
-        obj = self.cached(oid)
-        if obj is not None:
-            return None if obj._flags & F_DEAD else obj
+        """The object if it exists (loaded or stored), else None.  Kept flat: it is the
+        path of every ``db0.fetch``."""
+        ref = self.objects.get(oid)
+        if ref is not None:
+            obj = ref()
+            if obj is not None:
+                return None if obj._flags & F_DEAD else obj
         if oid in self.pending_deletes:
             return None
         raw = self.storage.get("objects", pack_oid(oid))
         if raw is None:
             return None
-        obj = self._materialize(oid, raw)
+        rec = self.codec.unpack(raw)
+        class_id = rec[0]
+        if class_id < FIRST_USER_CLASS_ID:
+            obj = COLLECTION_KINDS[class_id]._db0_ghost(self, oid)
+            self.register(obj)
+            return obj
+        ref = self.objects.get(oid)     # decoding may have made a ghost (self-reference)
+        obj = ref() if ref is not None else None
+        if obj is None:
+            info = self._classes_by_id.get(class_id)
+            if info is None or info.cls is None:
+                info = self.class_by_id(class_id)
+            obj = _memo.new_object(info.cls, self, oid, F_GHOST | (F_READONLY if self.readonly else 0))
+            self.register(obj)
+        if obj._flags & F_GHOST:
+            self._fill(obj, rec)
         return obj
 
     def fetch(self, oid: int) -> Any:
-        obj = self.try_get_object(oid)
+        """The object with id ``oid``; ReferenceError if it does not exist (any more)."""
+        ref = self.objects.get(oid)
+        obj = ref() if ref is not None else None
+        if obj is None:
+            obj = self.try_get_object(oid)
+        elif obj._flags & F_DEAD:
+            obj = None
         if obj is None:
             raise errors.ReferenceError(f"object {self.uuid_of(oid)} not found in prefix {self.name} "
                                         "(deleted or never committed)")
@@ -375,15 +418,10 @@ class Prefix:
 
     def _fill(self, obj: Any, rec: list) -> None:
         info = self.class_by_id(rec[0])
-        fields = info.fields
-        d = raw_dict(obj)
-        for i, value in enumerate(rec[2:]):
-            if value is not ABSENT:
-                d[fields[i]] = value
-        obj._rc = rec[1]
-        obj._flags &= ~F_GHOST
+        _memo.fill_record(obj, info.fields, rec)
         if rec[1] == 0 and not info.singleton_oid == obj._oid:
             self.zero_rc.add(obj._oid)
+            self.track(obj)
 
     # -- references inside records ---------------------------------------------------
 
@@ -474,6 +512,7 @@ class Prefix:
             if obj._rc <= 0 and not self._is_singleton(obj):
                 self.zero_rc.add(obj._oid)
                 self.gc_candidates.add(obj._oid)
+                self.track(obj)
             self.mark_dirty(obj)
         else:
             obj._db0_decref()
@@ -730,11 +769,15 @@ class Prefix:
         self.storage.commit(batch)
         for info in self._classes_by_id.values():
             info.dirty = False
-        for obj in dirty.values():
+        zero_rc = self.zero_rc
+        ref_oid = self._ref_oid
+        for oid, obj in dirty.items():
             if isinstance(obj, MemoBase):
                 obj._flags &= ~(F_DIRTY | F_NEW)
             else:
                 obj._db0_committed()
+            if oid in zero_rc and id(self.objects.get(oid)) not in ref_oid:
+                self.track(obj)
         self.dirty = {}
         self.pending_deletes = {}
         self.changed = False

@@ -27,6 +27,11 @@ are resolved by reading their record, as are objects of ``no_default_tags`` clas
 from __future__ import annotations
 
 import weakref
+
+
+def _plain_ref(obj, _callback, _oid):
+    # Ghosts made by a query are registered like Prefix.register does: no callback.
+    return weakref.ref(obj)
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from dbzero_ext.postings import IdSet, difference, intersect, union, union_many
@@ -185,8 +190,8 @@ class Materializer:
             group = found.to_list()
             if fast and class_id >= FIRST_USER_CLASS_ID:
                 cls = px.class_by_id(class_id).cls
-                objs = make_ghosts(group, cls, px, flags, px.objects, px._on_proxy_dead,
-                                   _new_memo, weakref.KeyedRef)
+                objs = make_ghosts(group, cls, px, flags, px.objects, None,
+                                   _new_memo, _plain_ref)
             else:
                 objs = [px.get_object(oid, class_id) for oid in group]
             made.update(zip(group, objs))

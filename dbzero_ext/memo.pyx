@@ -194,3 +194,15 @@ def record_of(MemoBase obj, info):
     while len(slots) > 2 and slots[len(slots) - 1] is _ABSENT:
         slots.pop()
     return slots
+
+
+def fill_record(MemoBase obj, list fields, list rec):
+    """Decode a stored record into the instance dict; clears the ghost flag."""
+    cdef dict d = <dict>PyObject_GenericGetAttr(obj, "__dict__")
+    cdef Py_ssize_t i, n = len(rec)
+    for i in range(2, n):
+        value = rec[i]
+        if value is not _ABSENT:
+            d[fields[i - 2]] = value
+    obj._rc = rec[1]
+    obj._flags &= ~F_GHOST
