@@ -37,7 +37,10 @@ FORMAT_VERSION = 1
 # Sub-database ids are part of the format (history keys start with them).
 VERSIONED_DBS = {"classes": 1, "objects": 2, "chunks": 3, "index": 4}
 DUP_DBS = {"tags": 5, "obj_tags": 6}
-PLAIN_DBS = ("meta", "history", "journal")
+PLAIN_DBS = ("meta", "history")
+# The journal of state S lives in `history` under JOURNAL + S: one B-tree fewer to write
+# per commit (each tree touched adds pages to the fsync).
+JOURNAL = b"\xff"
 DB_NAMES = tuple(VERSIONED_DBS) + tuple(DUP_DBS) + PLAIN_DBS
 
 _STATE = struct.Struct(">Q")
@@ -106,11 +109,14 @@ class Storage:
     Not thread-safe by itself: the workspace serialises access with its lock.
     """
 
+    commit_hook = None      # callable(batch) run before each commit (dbzero/coordinator.py)
+
     def __init__(self, path: str, *, readonly: bool, create: bool = True,
                  lock_blocking: bool = False, lock_timeout: float = 0.0,
-                 durability: str = "full") -> None:
+                 durability: str = "full", shared: bool = False) -> None:
         self.path = os.path.realpath(path)
         self.readonly = readonly
+        self.shared = shared and not readonly   # several writer processes (dbzero/sharing.py)
         self._durability = durability
         self._lock_fd: Optional[int] = None
         self._env: Optional[lmdb.Environment] = None
@@ -142,7 +148,8 @@ class Storage:
         deadline = time.monotonic() + (timeout if blocking else 0.0)
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                # Shared writers take LOCK_SH: they exclude an exclusive writer, not each other.
+                fcntl.flock(fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
                 break
             except OSError as exc:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
@@ -208,6 +215,13 @@ class Storage:
     def _abandon_after_fork(self) -> None:
         self._env = None
         self._rtxn = None
+        if self._lock_fd is not None:
+            # Closing the child's copy of the descriptor keeps the parent's flock; leaving it
+            # open would keep the lock alive after the parent exits.
+            try:
+                os.close(self._lock_fd)
+            except OSError:
+                pass
         self._lock_fd = None
 
     def _check_open(self) -> lmdb.Environment:
@@ -341,6 +355,8 @@ class Storage:
         env = self._check_open()
         if self.readonly:
             raise StorageError(f"commit on read-only prefix file {self.path}")
+        if self.commit_hook is not None:
+            self.commit_hook(batch)     # cross-prefix commits add their marker (coordinator.py)
         while True:
             try:
                 state = self._commit_once(env, batch, base_state)
@@ -407,7 +423,7 @@ class Storage:
             for key, value in batch.meta.items():
                 txn.put(key, value, db=meta)
             if journal:
-                txn.put(header, msgpack.packb(journal), db=dbs["journal"])
+                txn.put(JOURNAL + header, msgpack.packb(journal), db=history)
             txn.put(b"oids@" + header, txn.get(b"next_oid", db=meta), db=meta)
             txn.put(b"state", header, db=meta)
         return state
@@ -463,15 +479,15 @@ class Storage:
         while True:
             try:
                 with env.begin(write=True) as txn:
-                    jdb, hdb = self._dbs["journal"], self._dbs["history"]
+                    hdb = self._dbs["history"]
                     for state in range(floor + 1, before + 1):
-                        skey = _pack_state(state)
-                        raw = txn.get(skey, db=jdb)
+                        skey = JOURNAL + _pack_state(state)
+                        raw = txn.get(skey, db=hdb)
                         if raw is None:
                             continue
                         for db_id, key in msgpack.unpackb(raw):
                             removed += txn.delete(history_key(db_id, key, state), db=hdb)
-                        txn.delete(skey, db=jdb)
+                        txn.delete(skey, db=hdb)
                     txn.put(b"history_floor", _pack_state(before), db=self._dbs["meta"])
                 break
             except lmdb.MapFullError:
@@ -480,7 +496,7 @@ class Storage:
         return removed
 
     def journal(self, state: int) -> List[Tuple[int, bytes]]:
-        raw = self._rtxn.get(_pack_state(state), db=self._dbs["journal"])
+        raw = self._rtxn.get(JOURNAL + _pack_state(state), db=self._dbs["history"])
         return [tuple(x) for x in msgpack.unpackb(raw)] if raw else []
 
     # -- closing -------------------------------------------------------------------
