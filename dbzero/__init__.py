@@ -32,6 +32,7 @@ from .api import (  # noqa: F401
 
 from .snapshot import snapshot, get_snapshot_of, compact, Snapshot  # noqa: F401
 from .atomic import atomic, atomic_assign, AtomicManager  # noqa: F401
+from .sharing import async_wait, pause_refresh, transaction, transactional  # noqa: F401
 
 from .tags import tags, find, no, as_tag, split_by, filter, Tag  # noqa: F401,A004
 from .index import index, Index  # noqa: F401

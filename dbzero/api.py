@@ -53,7 +53,8 @@ def open(prefix_name: str, open_mode: str = "rw", **kwargs: Any) -> None:  # noq
             raise TypeError(f"open() got an unexpected keyword argument '{key}'")
     ws = workspace.current()
     ws.open(prefix_name, open_mode, autocommit=kwargs.get("autocommit"),
-            lock_flags=kwargs.get("lock_flags"))
+            lock_flags=kwargs.get("lock_flags"), shared=kwargs.get("shared"),
+            refresh_interval=kwargs.get("refresh_interval"))
 
 
 def close(prefix_name: Optional[str] = None) -> None:
@@ -298,33 +299,8 @@ def get_cache_stats() -> Dict[str, int]:
     return chunk_cache.stats()
 
 
-def refresh() -> bool:
-    """Read-only prefixes: move to the newest committed state now.  True if anything changed."""
-    ws = workspace.current()
-    changed = False
-    with ws.lock:
-        for px in list(ws.prefixes.values()):
-            if px.readonly and not px.closed:
-                changed = px.refresh() or changed
-    return changed
-
-
-def wait(prefix: str, state: int, timeout_ms: Optional[int] = None) -> bool:
-    """Block until ``prefix`` reaches ``state`` (True) or the timeout passes (False)."""
-    ws = workspace.current()
-    deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000.0
-    delay = 0.001
-    while True:
-        with ws.lock:
-            px = ws.get_prefix(prefix)
-            if px.readonly:
-                px.refresh()
-            if px.state_num >= state:
-                return True
-        if deadline is not None and time.monotonic() >= deadline:
-            return False
-        time.sleep(delay)
-        delay = min(delay * 2, 0.02)
+# Readers and shared writers: dbzero/sharing.py (cheap when nothing was committed).
+from .sharing import refresh, wait  # noqa: E402,F401
 
 
 # -- weak references ---------------------------------------------------------------------------------

@@ -91,18 +91,30 @@ def _pairs(args, kwargs) -> list:
     return pairs
 
 
+def _filled(coll, px, items, refcount: int):
+    """Register ``coll`` as new in ``px`` and fill it; on failure release what it took.
+
+    Callers validate the items first, so a failure here is exceptional (e.g. a memo object
+    expiring meanwhile); the half-filled collection is emptied and, holding no reference,
+    collected at the next commit.
+    """
+    coll._db0_create_empty(px, refcount)
+    try:
+        coll._fill(items)
+    except BaseException:
+        coll.clear()
+        if refcount:
+            coll._db0_decref()
+        raise
+    return coll
+
+
 def _new_dict(px, pairs, refcount: int = 0) -> "Dict":
-    d = Dict.__new__(Dict)
-    d._db0_create_empty(px, refcount)
-    d._fill(pairs)
-    return d
+    return _filled(Dict.__new__(Dict), px, pairs, refcount)
 
 
 def _new_set(px, items, refcount: int = 0) -> "Set":
-    s = Set.__new__(Set)
-    s._db0_create_empty(px, refcount)
-    s._fill(items)
-    return s
+    return _filled(Set.__new__(Set), px, items, refcount)
 
 
 class _Keys(_abc.KeysView):
@@ -165,8 +177,7 @@ class Dict(_chunks.DictCore):
         for k, v in pairs:
             check_key(px, k)
             check_value(px, v)
-        self._db0_create_empty(px, 0)
-        self._fill(pairs)
+        _filled(self, px, pairs, 0)
 
     def _fill(self, pairs) -> None:
         put = self._w_put
@@ -285,8 +296,7 @@ class Set(_chunks.SetCore):
         px.check_writable()
         for k in items:
             check_key(px, k)
-        self._db0_create_empty(px, 0)
-        self._fill(items)
+        _filled(self, px, items, 0)
 
     def _fill(self, items) -> None:
         add = self.add

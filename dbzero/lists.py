@@ -238,7 +238,11 @@ class ByteArray(_chunks.MutableSeq):
     __slots__ = ()
     _db0_kind = _chunks.KIND_BYTEARRAY
 
-    def __init__(self, source: Any = b"") -> None:
+    def __init__(self, source: Any = b"", encoding: str = None, errors: str = None) -> None:
+        if encoding is not None or errors is not None:
+            if not isinstance(source, str):
+                raise TypeError("encoding without a string argument")
+            source = source.encode(encoding or "utf-8", errors or "strict")
         px = _target_prefix()
         px.check_writable()
         self._db0_create(px, _byte_items(source), 0)

@@ -12,7 +12,8 @@ ByteArray                   ``bytes``
 db0 enum value              its name (``str``)
 weak reference              the loaded target, or ``None`` once expired
 plain list/tuple/dict/set   the same kind, items loaded
-anything else               unchanged
+Index, query                RuntimeError ("__load__ not implemented for type: ...")
+anything else               unchanged (or its own ``__load__(**kwargs)``)
 ==========================  ===================================================
 
 Dict keys and set members are loaded too; a member whose loaded form is unhashable (a
@@ -63,6 +64,8 @@ class _Loader:
             return self._enter(obj, self._memo, exclude, use_custom)
         if isinstance(obj, _chunks.CollectionBase):
             return self._enter(obj, self._collection, None, True)
+        if getattr(t, "_db0_kind", None) is not None or _is_query(obj):
+            raise errors.Error(f"__load__ not implemented for type: {t.__name__}")
         if t is list:
             return self._enter(obj, lambda o, *_: [self.load(x, None, True) for x in o], None, True)
         if t is tuple:
@@ -123,3 +126,11 @@ class _Loader:
 
 
 _SCALARS = frozenset({int, float, str, bytes, bool, type(None)})
+
+
+def _is_query(obj: Any) -> bool:
+    try:
+        from .query import Query
+    except ImportError:  # pragma: no cover - queries are optional here
+        return False
+    return isinstance(obj, Query)

@@ -39,6 +39,9 @@ X_WEAKREF = EXT_CODES["WEAKREF"]
 
 F_GHOST, F_DIRTY, F_NEW, F_DEAD = _memo.GHOST, _memo.DIRTY, _memo.NEW, _memo.DEAD
 F_READONLY, F_INIT, F_CLOSED, F_TRACKED = _memo.READONLY, _memo.INIT, _memo.CLOSED, _memo.TRACKED
+# Only the reference count changed: the record is rewritten in place at commit, keeping its
+# write state and writing no history (fields are what time travel and change queries see).
+F_RCDIRTY = 512
 
 MemoBase = _memo.MemoBase
 raw_dict = _memo.raw_dict
@@ -229,9 +232,15 @@ class Prefix:
         self._load_classes()
         raw = storage.meta_get(b"next_oid")
         self._next_oid = _OID.unpack(raw)[0] if raw else 1
+        # Shared writers (dbzero/sharing.py) draw ids from reserved blocks below this limit.
+        self.shared = getattr(storage, "shared", False)
+        self._oid_limit = 1 << 63
+        self._share = None                      # sharing.ShareState for readers / shared writers
         self.codec = Codec(self._ref_of, self._resolve, workspace.enum_of, workspace.enum_value)
         self.atomic_log: Optional[Any] = None   # set by dbzero.atomic while a block is open
         self.snapshot: Optional[Any] = None     # the Snapshot this prefix is a view of
+        # Several writers need every change versioned (conflict checks read write states).
+        self.in_place_refcounts = not self.shared
 
     # -- classes -------------------------------------------------------------------
 
@@ -283,7 +292,9 @@ class Prefix:
 
     def new_oid(self) -> int:
         oid = self._next_oid
-        self._next_oid += 1
+        if oid >= self._oid_limit:
+            oid = _sharing().reserve_oids(self)
+        self._next_oid = oid + 1
         return oid
 
     def uuid_of(self, oid: int) -> str:
@@ -419,7 +430,9 @@ class Prefix:
     def _fill(self, obj: Any, rec: list) -> None:
         info = self.class_by_id(rec[0])
         _memo.fill_record(obj, info.fields, rec)
-        if rec[1] == 0 and not info.singleton_oid == obj._oid:
+        if rec[1] == 0 and not info.singleton_oid == obj._oid and not self.shared:
+            # (Shared writers collect only what they created or released themselves: a
+            # count-0 object loaded here may be held by the process that created it.)
             self.zero_rc.add(obj._oid)
             self.track(obj)
 
@@ -495,7 +508,7 @@ class Prefix:
             self.log_undo(obj)
             obj._rc += 1
             self.zero_rc.discard(obj._oid)
-            self.mark_dirty(obj)
+            self._mark_rc_dirty(obj)
         else:
             obj._db0_incref()
 
@@ -513,7 +526,7 @@ class Prefix:
                 self.zero_rc.add(obj._oid)
                 self.gc_candidates.add(obj._oid)
                 self.track(obj)
-            self.mark_dirty(obj)
+            self._mark_rc_dirty(obj)
         else:
             obj._db0_decref()
 
@@ -539,6 +552,11 @@ class Prefix:
     def mark_dirty(self, obj: Any) -> None:
         if isinstance(obj, MemoBase):
             obj._flags |= F_DIRTY
+        self.dirty[obj._oid] = obj
+        self.changed = True
+
+    def _mark_rc_dirty(self, obj: Any) -> None:
+        obj._flags |= F_RCDIRTY
         self.dirty[obj._oid] = obj
         self.changed = True
 
@@ -602,6 +620,8 @@ class Prefix:
         if info is None:
             info = self._info_by_cls[cls] = self.class_info(cls)
         oid = self._next_oid
+        if oid >= self._oid_limit:
+            oid = _sharing().reserve_oids(self)
         self._next_oid = oid + 1
         obj = _memo.new_object(cls, self, oid, F_NEW | F_INIT | F_DIRTY)
         self.register(obj)
@@ -750,8 +770,11 @@ class Prefix:
                     info = info_of[cls] = self.class_info(cls)
                 key = pack_oid(oid)
                 objects[key] = pack(record_of(obj, info))
-                if obj._flags & F_NEW:
+                flags = obj._flags
+                if flags & F_NEW:
                     fresh.add(("objects", key))
+                elif not flags & F_DIRTY and self.in_place_refcounts:
+                    batch.in_place.add(key)
             else:
                 obj._db0_flush(batch)
         for oid, obj in self.pending_deletes.items():
@@ -773,7 +796,7 @@ class Prefix:
         ref_oid = self._ref_oid
         for oid, obj in dirty.items():
             if isinstance(obj, MemoBase):
-                obj._flags &= ~(F_DIRTY | F_NEW)
+                obj._flags &= ~(F_DIRTY | F_NEW | F_RCDIRTY)
             else:
                 obj._db0_committed()
             if oid in zero_rc and id(self.objects.get(oid)) not in ref_oid:
@@ -788,7 +811,10 @@ class Prefix:
         return self.storage.state
 
     def refresh(self) -> bool:
-        """Read-only prefixes: move to the newest committed state and drop stale objects."""
+        """Readers / shared writers: move to the newest committed state, reloading exactly
+        the cached objects that changed (dbzero/sharing.py)."""
+        if self._share is not None:
+            return _sharing().sync_prefix(self)
         old = self.storage.state
         if not self.storage.refresh():
             return False
@@ -832,6 +858,11 @@ class Prefix:
             self.objects.clear()
             self.dirty.clear()
             self.storage.close()
+
+
+def _sharing():
+    from . import sharing
+    return sharing
 
 
 _SCALARS = frozenset({str, float, bool, type(None), bytes})

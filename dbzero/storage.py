@@ -23,7 +23,7 @@ import struct
 import sys
 import threading
 import time
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import lmdb
 import msgpack
@@ -75,13 +75,14 @@ class WriteBatch:
     Keys in ``fresh`` are known not to exist yet, which skips the history lookup.
     """
 
-    __slots__ = ("puts", "dups", "meta", "fresh")
+    __slots__ = ("puts", "dups", "meta", "fresh", "in_place")
 
     def __init__(self) -> None:
         self.puts: Dict[str, Dict[bytes, Optional[bytes]]] = {}
         self.dups: Dict[str, List[Tuple[bytes, bytes, bool]]] = {}
         self.meta: Dict[bytes, bytes] = {}
         self.fresh: set = set()
+        self.in_place: set = set()   # object keys rewritten keeping their write state
 
     def put(self, db: str, key: bytes, value: Optional[bytes], fresh: bool = False) -> None:
         self.puts.setdefault(db, {})[key] = value
@@ -121,6 +122,7 @@ class Storage:
         self._lock_fd: Optional[int] = None
         self._env: Optional[lmdb.Environment] = None
         self._rtxn: Optional[lmdb.Transaction] = None
+        self._cursors: Dict[str, Any] = {}
         self._pid = os.getpid()
         if not os.path.exists(self.path):
             if readonly or not create:
@@ -316,8 +318,19 @@ class Storage:
         records = cur.getmulti([key], True, 8, True)
         return IdSet.from_be_records(records, len(key) + 8, len(key))
 
+    def _cursor(self, db: str) -> lmdb.Cursor:
+        """A cursor on ``db`` in the current read transaction (reused between calls)."""
+        cursors = self._cursors
+        if cursors.get("_txn") is not self._rtxn:
+            cursors.clear()
+            cursors["_txn"] = self._rtxn
+        cur = cursors.get(db)
+        if cur is None:
+            cur = cursors[db] = self._rtxn.cursor(db=self._dbs[db])
+        return cur
+
     def dup_list(self, db: str, key: bytes) -> List[bytes]:
-        cur = self._rtxn.cursor(db=self._dbs[db])
+        cur = self._cursor(db)
         if not cur.set_key(key):
             return []
         return list(cur.iternext_dup())
@@ -327,7 +340,7 @@ class Storage:
         return cur.count() if cur.set_key(key) else 0
 
     def dup_contains(self, db: str, key: bytes, value: bytes) -> bool:
-        cur = self._rtxn.cursor(db=self._dbs[db])
+        cur = self._cursor(db)
         return cur.set_key_dup(key, value)
 
     # -- write side ----------------------------------------------------------------
@@ -385,9 +398,13 @@ class Storage:
             for name, ops in batch.puts.items():
                 db, db_id = dbs[name], VERSIONED_DBS[name]
                 new_items = []
+                in_place = batch.in_place if name == "objects" else ()
                 for key, value in ops.items():
                     if (name, key) not in fresh:
                         old = txn.get(key, db=db)
+                        if old is not None and key in in_place and value is not None:
+                            txn.put(key, old[:8] + value, db=db)
+                            continue
                         if old is not None:
                             if base_state is not None and _unpack_state(old)[0] > base_state:
                                 raise ConflictError(f"{self.path}: {name} key {key.hex()} was changed "
@@ -404,22 +421,26 @@ class Storage:
                     self._put_many(txn, db, new_items, dupdata=False)
             for name, ops in batch.dups.items():
                 db, db_id = dbs[name], DUP_DBS[name]
-                new_members = []
+                adds = []
+                changes: Dict[bytes, Tuple[list, list]] = {}
                 for key, value, add in ops:
-                    if add and (value if name == "tags" else key[:8]) >= id_floor:
-                        new_members.append((key, value))
+                    if add:
+                        adds.append((key, value))
+                        if (value if name == "tags" else key[:8]) >= id_floor:
+                            continue    # member created by this commit: no history needed
+                    elif not txn.delete(key, value, db=db):
                         continue
-                    # dupdata=False is MDB_NODUPDATA: refuse only an identical (key, value) pair.
-                    changed = txn.put(key, value, db=db, dupdata=False) if add \
-                        else txn.delete(key, value, db=db)
-                    if changed:
-                        # The history of a set membership is the membership before the change.
-                        txn.put(history_key(db_id, key + value, state), b"\x00" if add else b"\x01",
-                                db=history)
-                        journal.append((db_id, key + value))
-                if new_members:
-                    new_members.sort()
-                    self._put_many(txn, db, new_members, dupdata=True)
+                    entry = changes.get(key)
+                    if entry is None:
+                        entry = changes[key] = ([], [])
+                    entry[0 if add else 1].append(value)
+                if adds:
+                    adds.sort()
+                    self._put_many(txn, db, adds, dupdata=True)
+                # One history record per (key, state): the members it added and removed.
+                for key, (added, removed) in changes.items():
+                    txn.put(history_key(db_id, key, state), msgpack.packb([added, removed]), db=history)
+                    journal.append((db_id, key))
             for key, value in batch.meta.items():
                 txn.put(key, value, db=meta)
             if journal:
@@ -611,19 +632,26 @@ class StorageView:
             self._floor = floor
         return floor
 
+    def _membership_changes(self, db: str, key: bytes) -> Dict[bytes, bool]:
+        """For each member changed after the view's state: was it a member at that state?"""
+        first: Dict[bytes, bool] = {}
+        for hkey, hstate, raw in self.base.history_range(db, key):
+            if hkey != key or hstate <= self._state:
+                continue
+            added, removed = msgpack.unpackb(raw)
+            for value in added:
+                first.setdefault(value, False)   # added later: absent before
+            for value in removed:
+                first.setdefault(value, True)    # removed later: present before
+        return first
+
     def dup_list(self, db: str, key: bytes) -> List[bytes]:
         floor = self._id_floor()
         if db == "obj_tags" and key[:8] >= floor:
             return []
         members = set(self.base.dup_list(db, key))
-        size = len(key)
-        seen = set()
-        for hkey, hstate, raw in self.base.history_range(db, key):
-            value = hkey[size:]
-            if hstate <= self._state or value in seen or (db == "tags" and len(value) != 8):
-                continue
-            seen.add(value)
-            if raw == b"\x01":
+        for value, present in self._membership_changes(db, key).items():
+            if present:
                 members.add(value)
             else:
                 members.discard(value)
@@ -637,9 +665,9 @@ class StorageView:
     def dup_contains(self, db: str, key: bytes, value: bytes) -> bool:
         if (value if db == "tags" else key[:8]) >= self._id_floor():
             return False
-        old = self.base.history_scan(db, key + value, self._state)
-        if old is not None:
-            return old[1] == b"\x01"
+        past = self._membership_changes(db, key).get(value)
+        if past is not None:
+            return past
         return self.base.dup_contains(db, key, value)
 
     def journal(self, state: int) -> List[Tuple[int, bytes]]:

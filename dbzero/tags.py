@@ -350,15 +350,20 @@ def _check_target(obj: Any, present: bool) -> None:
 
 def _apply_one(px: Any, obj: Any, keys: List[Any], present: bool) -> None:
     oid = obj._oid
-    # A new object has no committed tags: skip the LMDB membership lookups.
-    committed = False if obj._flags & F_NEW else None
     ts = px.tags
-    log_undo = px.log_undo
+    # A new object has no committed tags; for others read the committed tags once
+    # (one cursor walk) instead of one LMDB lookup per tag.
+    if obj._flags & F_NEW:
+        stored = None
+        committed = False
+    else:
+        stored = px.storage.dup_list("obj_tags", _OID.pack(oid)) if len(keys) > 1 else None
+        committed = None
+    px.log_undo(obj)
     for key in keys:
         if type(key) is not bytes:
             key = key.key_in(px, True)
-        log_undo(obj)
-        if not ts.set(oid, key, present, committed):
+        if not ts.set(oid, key, present, committed if stored is None else key in stored):
             continue
         if key[0] == CLASS_TAG:
             # Class postings tell materialisation the class of an object; once they are

@@ -24,6 +24,7 @@ from dbzero_ext import memo as _memo
 from dbzero_ext.codec import decode_uuid, encode_uuid, qualified_name
 
 from . import errors
+from . import coordinator, sharing
 from .prefix import Prefix, WeakRef
 from .storage import Storage
 
@@ -31,6 +32,7 @@ DEFAULT_AUTOCOMMIT_INTERVAL_MS = 367
 DEFAULT_CACHE_SIZE = 2 << 30
 FILE_SUFFIX = ".db0"
 OPEN_KWARGS = {"autocommit", "slab_size", "meta_io_step_size", "page_io_step_size", "lock_flags",
+               "shared", "refresh_interval",
                "durability"}
 
 _memo.configure(errors.ReferenceError, errors.ObjectClosedError, errors.ReadOnlyError, WeakRef)
@@ -74,7 +76,8 @@ class Workspace:
                  autocommit_interval: int = DEFAULT_AUTOCOMMIT_INTERVAL_MS,
                  cache_size: int = DEFAULT_CACHE_SIZE, lang_cache_size: int = 1024,
                  lock_flags: Optional[dict] = None, no_auto_migrate: bool = False,
-                 restricted: bool = False, durability: str = "full") -> None:
+                 restricted: bool = False, durability: str = "full", shared: bool = False,
+                 refresh_interval: float = sharing.DEFAULT_REFRESH_INTERVAL_MS) -> None:
         self.root = os.path.abspath(os.fspath(root))
         self.config = {
             "cache_size": cache_size, "lang_cache_size": lang_cache_size,
@@ -84,6 +87,8 @@ class Workspace:
         self.cache_capacity = cache_size
         self.lock_flags = dict(lock_flags or {})
         self.durability = durability
+        self.default_shared = bool(shared)          # open(..., "rw") of shared writers
+        self.refresh_interval = sharing.check_refresh_interval(refresh_interval)
         self.lock = _global_lock
         self.prefixes: Dict[str, Prefix] = {}
         self.by_uuid: Dict[bytes, Prefix] = {}
@@ -103,30 +108,48 @@ class Workspace:
         return os.path.join(self.root, *name.split("/")) + FILE_SUFFIX
 
     def open(self, name: str, mode: str = "rw", *, make_current: bool = True,
-             autocommit: Optional[bool] = None, lock_flags: Optional[dict] = None) -> Prefix:
+             autocommit: Optional[bool] = None, lock_flags: Optional[dict] = None,
+             shared: Optional[bool] = None, refresh_interval: Optional[float] = None) -> Prefix:
         if mode not in ("rw", "r"):
             raise errors.BadPrefixError(f"Invalid access type: {mode}")
         name = normalize_prefix_name(name)
+        if refresh_interval is not None:
+            refresh_interval = sharing.check_refresh_interval(refresh_interval)
+        shared = self.default_shared if shared is None else bool(shared)
+        if shared and autocommit:
+            raise ValueError("autocommit is not available for shared writers (open(..., shared=True)): "
+                             "commit with db0.commit() or db0.transaction()")
         with self.lock:
             px = self.prefixes.get(name)
             if px is None:
                 flags = dict(self.lock_flags)
                 flags.update(lock_flags or {})
                 readonly = mode == "r"
+                shared = shared and not readonly
                 try:
-                    storage = Storage(self.path_of(name), readonly=readonly,
-                                      lock_blocking=bool(flags.get("blocking", False)),
-                                      lock_timeout=float(flags.get("timeout", 0) or 0),
-                                      durability=self.durability)
+                    storage = (sharing.SharedStorage if shared else Storage)(
+                        self.path_of(name), readonly=readonly,
+                        lock_blocking=bool(flags.get("blocking", False)),
+                        lock_timeout=float(flags.get("timeout", 0) or 0),
+                        durability=self.durability)
                 except errors.PrefixNotFoundError:
                     raise errors.PrefixNotFoundError(f"Prefix: {name} not found") from None
+                if not readonly:
+                    try:
+                        coordinator.recover_on_open(self, storage)
+                    except BaseException:
+                        storage.close()
+                        raise
                 ac = self.config["autocommit"] if autocommit is None else autocommit
+                if shared:
+                    ac = False      # a conflict must surface in user code (docs/processes.md)
                 px = Prefix(self, name, storage, readonly=readonly, autocommit=ac)
                 self.prefixes[name] = px
                 self.by_uuid[px.uuid] = px
+                sharing.attach(self, px, refresh_interval)
                 if not readonly or ac:
                     self._ensure_autocommit()
-            elif autocommit is not None:
+            elif autocommit is not None and not px.shared:
                 px.autocommit = autocommit
             if make_current:
                 if name in self.stack:
@@ -244,6 +267,11 @@ class Workspace:
             self._stopped.wait(timeout=5)
         with self.lock:
             first_error = None
+            try:
+                # One commit of everything first: changes spanning prefixes land together.
+                coordinator.commit_all(self, list(self.prefixes.values()))
+            except Exception as exc:
+                first_error = exc
             for name in list(self.prefixes):
                 try:
                     self.close_prefix(name)
@@ -261,9 +289,11 @@ class Workspace:
         with self.lock:
             if self.atomic_depth:
                 raise errors.TransactionError("db0.commit cannot run inside an active db0.atomic")
-            targets = [self.get_prefix(name)] if name is not None else list(self.prefixes.values())
-            for px in targets:
-                px.commit()
+            if name is not None:
+                self.get_prefix(name).commit()
+            else:
+                # Several changed prefixes commit atomically together (dbzero/coordinator.py).
+                coordinator.commit_all(self, list(self.prefixes.values()))
 
     def _ensure_autocommit(self) -> None:
         if self._autocommit_running:
@@ -291,13 +321,10 @@ class Workspace:
             try:
                 if self.atomic_depth or self.locked_depth:
                     continue
-                for px in list(self.prefixes.values()):
-                    if px.closed or not px.autocommit:
-                        continue
-                    if px.readonly:
-                        px.refresh()
-                    elif px.has_changes():
-                        px.commit()
+                # Readers are refreshed by dbzero/sharing.py on their own interval.
+                coordinator.commit_all(self, [px for px in self.prefixes.values()
+                                              if px.autocommit and not px.readonly
+                                              and not px.closed and px.has_changes()])
             except Exception as exc:  # keep committing later; surface the problem
                 sys.stderr.write(f"dbzero: autocommit failed: {exc!r}\n")
             finally:
@@ -399,7 +426,7 @@ def init(root: Any, **kwargs: Any) -> None:
         prefix = kwargs.pop("prefix", None)
         read_write = kwargs.pop("read_write", True)
         known = {"autocommit", "autocommit_interval", "cache_size", "lang_cache_size", "lock_flags",
-                 "no_auto_migrate", "restricted", "durability"}
+                 "no_auto_migrate", "restricted", "durability", "shared", "refresh_interval"}
         if "no_auto_migration" in kwargs:
             kwargs["no_auto_migrate"] = kwargs.pop("no_auto_migration")
         options = {k: v for k, v in kwargs.items() if k in known}

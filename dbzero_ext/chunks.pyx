@@ -14,15 +14,19 @@ Every collection has a header record in ``objects`` under its 8-byte object id a
 Sequences (List=1, Tuple=4, ByteArray=5)::
 
     objects[oid]             [kind, refcount, length, version, flags, next_chunk_id,
-                              ids: bytes (uint32 LE each), sizes: bytes (uint32 LE each)]
+                              n_chunks, dir_chunk, inline_directory | nil]
     chunks[oid + be32(cid)]  List/Tuple: msgpack array of the items
                              ByteArray: the raw bytes of the chunk
+    chunks[oid + b"d" + be32(n)]   directory entries n*dir_chunk ... (n+1)*dir_chunk - 1,
+                             only when n_chunks > dir_chunk (else the header holds them)
 
-  ``ids``/``sizes`` are the chunk directory in list order.  A chunk id is allocated once and
-  never reused within a collection; ids say nothing about position, so inserting in the
-  middle only rewrites the chunk concerned (split in two when it exceeds 2*K items, merged
-  with a neighbour when it shrinks below K/4).  In memory the directory is kept with the
-  prefix sums of the sizes, so position -> chunk is a binary search.
+  The directory lists the chunks in list order as (chunk id, item count) pairs of
+  little-endian uint32.  A chunk id is allocated once and never reused within a collection;
+  ids say nothing about position, so inserting in the middle only rewrites the chunk
+  concerned (split in two when it exceeds 2*K items, merged with a neighbour when it shrinks
+  below K/4).  In memory the directory is kept with the prefix sums of the sizes, so position
+  -> chunk is a binary search; a commit rewrites only the directory chunks from the first
+  changed entry on (appending touches the last one only).
 
 Hashed collections (Dict=2, Set=3), linear hashing plus an insertion-order log::
 
@@ -101,6 +105,7 @@ LIST_CHUNK = 512          # items per List/Tuple chunk (split above 2x, merge be
 BYTES_CHUNK = 4096        # bytes per ByteArray chunk
 BUCKET_LOAD = 32          # average items per hash bucket before a split
 ORDER_CHUNK = 512         # insertion-order slots per order chunk
+DIR_CHUNK = 248           # directory entries per directory chunk (8 bytes each)
 TLB_MAX = 1 << 14         # max slots of the per-proxy chunk table
 
 cdef Py_ssize_t C_LIST_CHUNK = LIST_CHUNK
@@ -108,17 +113,20 @@ cdef Py_ssize_t C_BYTES_CHUNK = BYTES_CHUNK
 cdef Py_ssize_t C_ORDER_CHUNK = ORDER_CHUNK
 cdef Py_ssize_t C_BUCKET_LOAD = BUCKET_LOAD
 cdef Py_ssize_t C_TLB_MAX = TLB_MAX
+cdef Py_ssize_t C_DIR_CHUNK = DIR_CHUNK
 
 
-def set_tuning(list_chunk=None, bytes_chunk=None, bucket_load=None, order_chunk=None):
+def set_tuning(list_chunk=None, bytes_chunk=None, bucket_load=None, order_chunk=None,
+               dir_chunk=None):
     """Change the chunking parameters (tests use tiny chunks); returns the previous values.
 
-    Safe at any time: list/bytes chunk sizes and the bucket load only steer future splits,
-    and the order-chunk size is recorded in each Dict/Set header when it is created.
+    Safe at any time: list/bytes chunk sizes and the bucket load only steer future splits;
+    the order-chunk and directory-chunk sizes are recorded in each header at creation.
     """
-    global C_LIST_CHUNK, C_BYTES_CHUNK, C_BUCKET_LOAD, C_ORDER_CHUNK
+    global C_LIST_CHUNK, C_BYTES_CHUNK, C_BUCKET_LOAD, C_ORDER_CHUNK, C_DIR_CHUNK
     old = {"list_chunk": C_LIST_CHUNK, "bytes_chunk": C_BYTES_CHUNK,
-           "bucket_load": C_BUCKET_LOAD, "order_chunk": C_ORDER_CHUNK}
+           "bucket_load": C_BUCKET_LOAD, "order_chunk": C_ORDER_CHUNK,
+           "dir_chunk": C_DIR_CHUNK}
     if list_chunk is not None:
         C_LIST_CHUNK = max(int(list_chunk), 2)
     if bytes_chunk is not None:
@@ -127,6 +135,8 @@ def set_tuning(list_chunk=None, bytes_chunk=None, bucket_load=None, order_chunk=
         C_BUCKET_LOAD = max(int(bucket_load), 1)
     if order_chunk is not None:
         C_ORDER_CHUNK = max(int(order_chunk), 1)
+    if dir_chunk is not None:
+        C_DIR_CHUNK = max(int(dir_chunk), 1)
     return old
 
 KIND_LIST = 1
@@ -769,19 +779,25 @@ cdef void arr_delete(array.array a, Py_ssize_t i) except *:
     array.resize_smart(a, n - 1)
 
 
-cdef bytes u32_bytes(array.array a):
-    b = _pyarray.array("I", a)
+cdef bytes dir_bytes(array.array ids, array.array sizes, Py_ssize_t a, Py_ssize_t b):
+    """Directory entries [a, b) as stored: (chunk id, size) pairs of little-endian uint32."""
+    cdef Py_ssize_t i
+    out = _pyarray.array("I", bytes(8 * (b - a)))
+    for i in range(a, b):
+        out[2 * (i - a)] = LL(ids)[i]
+        out[2 * (i - a) + 1] = LL(sizes)[i]
     if _BIG_ENDIAN:
-        b.byteswap()
-    return b.tobytes()
+        out.byteswap()
+    return out.tobytes()
 
 
-cdef array.array q_from_u32(bytes raw):
-    b = _pyarray.array("I")
-    b.frombytes(raw)
+cdef tuple dir_arrays(bytes raw):
+    """(ids, sizes) arrays from stored directory bytes."""
+    pairs = _pyarray.array("I")
+    pairs.frombytes(raw)
     if _BIG_ENDIAN:
-        b.byteswap()
-    return _pyarray.array("q", b)
+        pairs.byteswap()
+    return _pyarray.array("q", pairs[0::2]), _pyarray.array("q", pairs[1::2])
 
 
 cdef class SeqBase(CollectionBase):
@@ -798,6 +814,10 @@ cdef class SeqBase(CollectionBase):
     cdef dict _flushed          # cid -> encoded size, between flush and commit
     cdef bint _bytes
     cdef Py_ssize_t _K
+    cdef Py_ssize_t _D          # directory entries per directory chunk (from the header)
+    cdef Py_ssize_t _dir_from   # first directory entry changed since the last commit, or -1
+    cdef Py_ssize_t _stored_ndir   # directory chunks in storage (0: directory in the header)
+    cdef Py_ssize_t _new_ndir      # the same after the pending flush
     cdef object _lc             # last chunk read: items, with [_lc_start, _lc_end)
     cdef Py_ssize_t _lc_start
     cdef Py_ssize_t _lc_end
@@ -811,14 +831,35 @@ cdef class SeqBase(CollectionBase):
         self._ids = new_q(0)
         self._sizes = new_q(0)
         self._ends = new_q(0)
+        self._D = C_DIR_CHUNK
+        self._dir_from = -1
 
     # -- header --------------------------------------------------------------------------
 
     cdef _read_header(self, list rec):
+        # called with the lock held
+        cdef Py_ssize_t n = rec[6], D = rec[7], dn, ndir
         self._len = rec[2]
         self._next_id = rec[5]
-        ids = q_from_u32(rec[6])
-        sizes = q_from_u32(rec[7])
+        self._D = D
+        self._dir_from = -1
+        if rec[8] is not None:
+            raw = rec[8]
+            self._stored_ndir = 0
+        else:
+            ndir = (n + D - 1) // D
+            parts = []
+            storage = self._px.storage
+            for dn in range(ndir):
+                part = storage.get("chunks", self._okey + b"d" + _BE32(dn))
+                if part is None:
+                    raise _FormatError(f"collection {self._oid}: directory chunk {dn} is missing")
+                parts.append(part)
+            raw = b"".join(parts)
+            self._stored_ndir = ndir
+        ids, sizes = dir_arrays(raw)
+        if len(ids) != n:
+            raise _FormatError(f"collection {self._oid}: directory has {len(ids)} entries, expected {n}")
         ends = new_q(len(ids))
         self._dirty = {}
         self._fresh = set()
@@ -830,13 +871,18 @@ cdef class SeqBase(CollectionBase):
         self._recompute_ends(0)
 
     cdef list _header(self):
+        inline = dir_bytes(self._ids, self._sizes, 0, self._n) if self._n <= self._D else None
         return [self._kind, self._refc, self._len, self._version, self._hflags, self._next_id,
-                u32_bytes(self._ids), u32_bytes(self._sizes)]
+                self._n, self._D, inline]
 
     cdef _forget(self):
         self._dirty = {}
         self._fresh = set()
         self._lc = None
+
+    cdef inline void _dir_touch(self, Py_ssize_t ci) noexcept:
+        if self._dir_from < 0 or ci < self._dir_from:
+            self._dir_from = ci
 
     cdef Py_ssize_t _tlb_want(self):
         return self._next_id
@@ -863,6 +909,8 @@ cdef class SeqBase(CollectionBase):
         self._next_id = 0
         self._n = 0
         self._len = 0
+        self._stored_ndir = 0
+        self._dir_from = 0
         self._append_many(items)
         self._setup_new(px, refcount)
 
@@ -1120,7 +1168,9 @@ cdef class SeqBase(CollectionBase):
             self._wchunk(last).append(v)
             LL(self._sizes)[last] += 1
             LL(self._ends)[last] += 1
+            self._dir_touch(last)
         else:
+            self._dir_touch(self._n)
             cid = self._new_chunk(_BChunk([v]) if self._bytes else _Chunk([v]))
             arr_insert(self._ids, self._n, cid)
             arr_insert(self._sizes, self._n, 1)
@@ -1136,6 +1186,7 @@ cdef class SeqBase(CollectionBase):
         if n == 0:
             return
         last = self._n - 1
+        self._dir_touch(last if last >= 0 else 0)
         if last >= 0 and LL(self._sizes)[last] < self._K:
             room = self._K - LL(self._sizes)[last]
             take = room if room < n else n
@@ -1165,6 +1216,7 @@ cdef class SeqBase(CollectionBase):
         items = self._wchunk(ci)
         items.insert(i - s, v)
         LL(self._sizes)[ci] += 1
+        self._dir_touch(ci)
         for j in range(ci, self._n):
             LL(self._ends)[j] += 1
         self._len += 1
@@ -1182,6 +1234,7 @@ cdef class SeqBase(CollectionBase):
         arr_insert(self._sizes, ci + 1, len(second))
         arr_insert(self._ends, ci + 1, 0)
         LL(self._sizes)[ci] = half
+        self._dir_touch(ci)
         self._n += 1
         self._recompute_ends(ci)
 
@@ -1192,6 +1245,7 @@ cdef class SeqBase(CollectionBase):
         old = items[i - s]
         del items[i - s]
         LL(self._sizes)[ci] -= 1
+        self._dir_touch(ci)
         for j in range(ci, self._n):
             LL(self._ends)[j] -= 1
         self._len -= 1
@@ -1200,6 +1254,7 @@ cdef class SeqBase(CollectionBase):
         return old
 
     cdef void _remove_chunk_at(self, Py_ssize_t ci) except *:
+        self._dir_touch(ci)
         self._drop_chunk(LL(self._ids)[ci])
         arr_delete(self._ids, ci)
         arr_delete(self._sizes, ci)
@@ -1223,6 +1278,7 @@ cdef class SeqBase(CollectionBase):
         first = self._wchunk(lo)
         first.extend(self._chunk(hi))
         LL(self._sizes)[lo] += LL(self._sizes)[hi]
+        self._dir_touch(lo)
         self._remove_chunk_at(hi)
         self._recompute_ends(lo)
 
@@ -1252,6 +1308,7 @@ cdef class SeqBase(CollectionBase):
             return removed
         c0 = self._find(start)
         c1 = self._find(stop - 1) if stop > start else c0
+        self._dir_touch(c0)
         s0 = self._start(c0)
         s1 = self._start(c1)
         first = self._chunk(c0)
@@ -1306,6 +1363,7 @@ cdef class SeqBase(CollectionBase):
     cdef void _clear_all(self) except *:
         """Drop every item (no releasing; see _release_items)."""
         cdef Py_ssize_t ci
+        self._dir_touch(0)
         for ci in range(self._n):
             self._drop_chunk(LL(self._ids)[ci])
         self._n = 0
@@ -1353,8 +1411,33 @@ cdef class SeqBase(CollectionBase):
             data = bytes(items) if self._bytes else pack(list(items))
             batch.put("chunks", key, data, fresh=fresh or cid in self._fresh)
             self._flushed[cid] = len(data)
+        self._flush_directory(batch, fresh)
         self._version += 1
         batch.put("objects", okey, px.codec.pack(self._header()), fresh=fresh)
+
+    cdef _flush_directory(self, batch, bint fresh):
+        """Write the directory chunks that changed (small directories live in the header)."""
+        cdef Py_ssize_t D = self._D, n = self._n, ndir, dn, start
+        okey = self._okey
+        if n <= D:
+            ndir = 0
+            start = 0
+        else:
+            ndir = (n + D - 1) // D
+            if self._stored_ndir == 0:
+                start = 0
+            elif self._dir_from < 0:
+                start = ndir
+            else:
+                start = self._dir_from // D
+            for dn in range(start, ndir):
+                batch.put("chunks", okey + b"d" + _BE32(dn),
+                          dir_bytes(self._ids, self._sizes, dn * D, min(n, (dn + 1) * D)),
+                          fresh=fresh)
+        if not fresh:
+            for dn in range(ndir, self._stored_ndir):
+                batch.delete("chunks", okey + b"d" + _BE32(dn))
+        self._new_ndir = ndir
 
     def _db0_committed(self):
         px = self._px
@@ -1373,6 +1456,8 @@ cdef class SeqBase(CollectionBase):
         self._flushed = {}
         self._is_new = False
         self._lc = None
+        self._stored_ndir = self._new_ndir
+        self._dir_from = -1
 
     def _db0_release_all(self):
         """Deleted (unreachable): release what the items reference; forget cached chunks."""
@@ -1396,7 +1481,7 @@ cdef class SeqBase(CollectionBase):
                  for cid, items in self._dirty.items()}
         return (self._len, self._next_id, self._refc, self._hflags, self._is_new,
                 _pyarray.array("q", self._ids), _pyarray.array("q", self._sizes),
-                dirty, set(self._fresh))
+                dirty, set(self._fresh), self._dir_from, self._stored_ndir)
 
     def _db0_restore(self, token):
         self._mod += 1
@@ -1406,7 +1491,8 @@ cdef class SeqBase(CollectionBase):
             self._tlb_clear()
             self._forget()
             return
-        (length, next_id, refc, hflags, is_new, ids, sizes, dirty, fresh) = token
+        (length, next_id, refc, hflags, is_new, ids, sizes, dirty, fresh,
+         self._dir_from, self._stored_ndir) = token
         self._dirty = {cid: (None if items is None else
                              (_BChunk(items) if self._bytes else _Chunk(items)))
                        for cid, items in dirty.items()}
@@ -1433,7 +1519,7 @@ cdef class SeqBase(CollectionBase):
         self._check()
         return {"length": self._len, "chunks": self._n, "chunk_sizes": list(self._sizes),
                 "chunk_ids": list(self._ids), "dirty": len(self._dirty), "flags": self._hflags,
-                "version": self._version}
+                "version": self._version, "dir_chunk": self._D, "dir_chunks": self._stored_ndir}
 
 
 cdef class MutableSeq(SeqBase):
@@ -1492,6 +1578,7 @@ cdef class MutableSeq(SeqBase):
                     (<object>d).append(value)
                     LL(self._sizes)[last] += 1
                     LL(self._ends)[last] += 1
+                    self._dir_touch(last)
                     self._len += 1
                     self._lc = None
                     self._mod += 1  # a private tail chunk implies we are registered as dirty

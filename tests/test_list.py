@@ -41,7 +41,7 @@ class Person:
 
 @pytest.fixture
 def tiny_chunks():
-    old = chunks.set_tuning(list_chunk=4, bytes_chunk=4, bucket_load=2, order_chunk=4)
+    old = chunks.set_tuning(list_chunk=4, bytes_chunk=4, bucket_load=2, order_chunk=4, dir_chunk=3)
     try:
         yield
     finally:
@@ -242,6 +242,37 @@ def test_commit_and_reopen_many_sizes(db, root, tiny_chunks):
         expected.insert(n // 2, "mid")
         del expected[0:1]
         assert list(h.l) == expected
+
+
+def test_directory_chunks(db, root, tiny_chunks):
+    from dbzero.prefix import pack_oid
+    h = Holder()
+    h.l = list(range(200))          # 50 chunks of 4, directory in 17 chunks of 3 entries
+    db0.commit()
+    stats = h.l._db0_stats()
+    assert stats["chunks"] == 50 and stats["dir_chunks"] == 17
+    px, oid = h.l._px, h.l._oid
+    def dir_keys_now():
+        storage = h.l._px.storage
+        return [k for k, _ in storage.scan("chunks", pack_oid(oid) + b"d") if len(k) == 13]
+
+    dir_keys = dir_keys_now()
+    assert len(dir_keys) == 17
+    versions = {k: px.storage.get_versioned("chunks", k)[0] for k in dir_keys}
+    h.l.append(200)                 # touches the last directory chunk only
+    h.l[5] = "five"                 # no directory change at all
+    db0.commit()
+    changed = [k for k in dir_keys if px.storage.get_versioned("chunks", k)[0] != versions[k]]
+    assert changed == [dir_keys[-1]]
+    h = reopen(root)
+    expected = list(range(201))
+    expected[5] = "five"
+    assert list(h.l) == expected
+    del h.l[8:]                     # shrinks back to a directory inside the header
+    db0.commit()
+    assert dir_keys_now() == []
+    h = reopen(root)
+    assert list(h.l) == expected[:8] and h.l._db0_stats()["dir_chunks"] == 0
 
 
 def test_two_item_list_is_one_chunk(db):
@@ -459,7 +490,7 @@ class ListMachine(RuleBasedStateMachine):
 
     def __init__(self):
         super().__init__()
-        self.old = chunks.set_tuning(list_chunk=3)
+        self.old = chunks.set_tuning(list_chunk=3, dir_chunk=2)
         self.root = tempfile.mkdtemp(prefix="db0-list-")
         db0.init(self.root, prefix="test", autocommit=False)
         self.h = Holder()
@@ -612,3 +643,187 @@ def test_bounded_memory_two_million_ints(db):
         assert grown < cache + (120 << 20), (grown, peak_build)
     finally:
         db0.set_cache_size(2 << 30)
+
+
+# -- snapshots and other processes ---------------------------------------------------------------
+
+def test_snapshot_sees_old_list_and_dict(db):
+    item = Item("snap")
+    item.l = list(range(10))
+    item.d = {"a": 1}
+    db0.commit()
+    uid = db0.uuid(item)
+    with db0.snapshot() as snap:
+        item.l.append(10)
+        item.l[0] = "changed"
+        item.d["b"] = 2
+        db0.commit()
+        old = snap.fetch(uid)
+        assert old.l == list(range(10)) and old.d == {"a": 1}
+        assert old.l is not item.l
+        with pytest.raises(AttributeError, match="Cannot modify read-only prefix"):
+            old.l.append(1)
+    assert item.l == ["changed"] + list(range(1, 11)) and item.d == {"a": 1, "b": 2}
+
+
+def test_reader_process_follows_writer(db, root, tiny_chunks):
+    import subprocess
+    import sys
+    import textwrap
+    from conftest import REPO_ROOT
+    h = Holder()
+    h.l = list(range(20))
+    h.d = {"k": 0}
+    db0.commit()
+    code = textwrap.dedent(f"""
+        import sys
+        import dbzero as db0
+        @db0.memo(singleton=True, id="tests.list.Holder")
+        class Holder:
+            pass
+        db0.init({root!r}, prefix="test", read_write=False, autocommit=False)
+        h = db0.fetch(Holder)
+        l, d = h.l, h.d
+        state = db0.get_state_num("test")
+        print(len(l), l[5], sum(l), d["k"], flush=True)
+        sys.stdin.readline()
+        assert db0.wait("test", state + 1, 10000)
+        print(len(l), l[5], sum(l), d["k"], list(l)[-1], flush=True)
+    """)
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        first = proc.stdout.readline().split()
+        assert first == ["20", "5", str(sum(range(20))), "0"]
+        h.l[5] = 500
+        h.l.extend(range(20, 40))
+        h.d["k"] = 1
+        db0.commit()
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        second = proc.stdout.readline().split()
+        expected_sum = sum(range(40)) - 5 + 500
+        assert second == ["40", "500", str(expected_sum), "1", "39"], proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+# -- atomic blocks --------------------------------------------------------------------------------
+
+def test_atomic_rollback_restores_collections(db, tiny_chunks):
+    h = Holder()
+    h.l = list(range(10))
+    h.d = {"a": 1}
+    h.s = {1, 2}
+    h.b = db0.bytearray(b"abc")
+    item = Item("kept")
+    h.l.append(item)
+    db0.commit()
+    h.l.append("uncommitted")       # pending (dirty) state before the block is kept
+    before = (list(h.l), dict(h.d), set(h.s), bytes(h.b))
+    with pytest.raises(ValueError):
+        with db0.atomic():
+            h.l.extend(range(100))
+            h.l.insert(0, "first")
+            del h.l[3:7]
+            h.l.pop()
+            h.l.remove(item)
+            h.d["b"] = [1, 2]
+            del h.d["a"]
+            h.s.add(3)
+            h.s.discard(1)
+            h.b.extend(b"defgh")
+            h.b[0] = 0
+            created = db0.list([1, 2])
+            h.created = created
+            raise ValueError("boom")
+    assert (list(h.l), dict(h.d), set(h.s), bytes(h.b)) == before
+    assert db0.getrefcount(item) == 1
+    assert not hasattr(h, "created")
+    with pytest.raises(db0.ReferenceError):
+        len(created)
+    db0.commit()
+    h2 = reopen(db)
+    assert list(h2.l)[:10] == before[0][:10] and h2.l[-1] == "uncommitted"
+    assert dict(h2.d) == before[1] and set(h2.s) == before[2] and bytes(h2.b) == before[3]
+
+
+def test_atomic_success_and_nested(db):
+    h = Holder()
+    h.l = [1]
+    with db0.atomic():
+        h.l.append(2)
+        with pytest.raises(KeyError):
+            with db0.atomic():
+                h.l.append(3)
+                raise KeyError("inner")
+        h.l.append(4)
+    assert h.l == [1, 2, 4]
+    with db0.atomic() as tx:
+        h.l.append(5)
+        tx.cancel()
+    assert h.l == [1, 2, 4]
+
+
+def test_concurrent_writers_readers_and_autocommit(tmp_path, tiny_chunks):
+    import threading
+    root = str(tmp_path / "db")
+    db0.init(root, prefix="test", autocommit=True, autocommit_interval=1)
+    try:
+        h = Holder()
+        h.l = []
+        h.d = {}
+        l, d = h.l, h.d
+        errors = []
+        stop = threading.Event()
+
+        def writer(tag):
+            try:
+                for i in range(1500):
+                    l.append(f"{tag}{i}")
+                    d[f"{tag}{i % 50}"] = i
+                    if i % 7 == 0:
+                        l.insert(len(l) // 2, "mid")
+                    if i % 11 == 0 and len(l) > 5:
+                        del l[1]
+            except Exception as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        def reader():
+            try:
+                while not stop.is_set():
+                    n = 0
+                    for _ in l:
+                        n += 1
+                    for _k, _v in list(d.items()):
+                        pass
+                    if len(l):
+                        l[len(l) // 3]
+            except RuntimeError as exc:
+                if "changed size during iteration" not in str(exc):
+                    errors.append(exc)
+            except Exception as exc:  # pragma: no cover
+                errors.append(exc)
+
+        threads = [threading.Thread(target=writer, args=(t,)) for t in "ab"]
+        readers = [threading.Thread(target=reader) for _ in range(2)]
+        for t in threads + readers:
+            t.start()
+        for t in threads:
+            t.join()
+        stop.set()
+        for t in readers:
+            t.join()
+        assert errors == []
+        snapshot = list(l)
+        assert sorted(x for x in snapshot if x != "mid") == sorted(
+            x for x in (f"{t}{i}" for t in "ab" for i in range(1500)) if x in set(snapshot))
+        assert len(d) == 100
+        db0.commit()
+    finally:
+        db0.close()
+    db0.init(root, prefix="test", autocommit=False)
+    h = Holder()
+    assert list(h.l) == snapshot and len(h.d) == 100

@@ -108,3 +108,11 @@ def test_memo_keys_and_members_stay_objects(db):
     loaded = db0.load(d)
     assert list(loaded) == [p] and loaded[p] == "v"
     assert db0.load(db0.set([p])) == {p}
+
+
+def test_index_and_query_are_not_loadable(db):
+    ix = db0.index()
+    with pytest.raises(RuntimeError, match="__load__ not implemented for type"):
+        db0.load(ix)
+    with pytest.raises(RuntimeError, match="__load__ not implemented for type"):
+        db0.load(db0.find(Person))

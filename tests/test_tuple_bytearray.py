@@ -180,6 +180,7 @@ def test_bytearray_basics(db):
     assert b[1:3] == b"el" and type(b[1:3]) is bytes and b[::-1] == b"olleh"
     assert db0.bytearray() == b"" and db0.bytearray([1, 2, 255]) == b"\x01\x02\xff"
     assert db0.bytearray(3) == b"\x00\x00\x00"
+    assert db0.bytearray("żółw", "utf-8") == "żółw".encode()
     assert 104 in b and b"ell" in b and b"xyz" not in b
     b[0] = 72
     b.append(33)
