@@ -37,6 +37,8 @@ from .sharing import async_wait, pause_refresh, transaction, transactional  # no
 from .tags import tags, find, no, as_tag, split_by, filter, Tag  # noqa: F401,A004
 from .index import index, Index  # noqa: F401
 
+from .tools import assign, compare, copy_prefix, drop, find_singleton, get_type  # noqa: F401
+
 __version__ = "0.1.0"
 
 from .collections import (  # noqa: F401,A004 - db0.list/dict/... shadow the builtins on purpose

@@ -522,6 +522,10 @@ class Storage:
 
     # -- closing -------------------------------------------------------------------
 
+    def copy_to(self, path: str) -> None:
+        """A consistent, compacted copy of the committed data (LMDB hot copy)."""
+        self._check_open().copy(path, compact=True)
+
     def stat(self) -> Dict[str, int]:
         env = self._check_open()
         out = {"file_size": os.path.getsize(self.path), "map_size": env.info()["map_size"]}
