@@ -42,6 +42,7 @@ from .tools import assign, compare, copy_prefix, drop, find_singleton, get_type 
 __version__ = "0.1.0"
 
 from .collections import (  # noqa: F401,A004 - db0.list/dict/... shadow the builtins on purpose
-    List, Dict, Set, Tuple, ByteArray, list, dict, set, tuple, bytearray, hash, is_collection,
+    List, Dict, Set, Tuple, ByteArray, list, dict, set, tuple, bytearray, hash,
 )
 from .loading import load, load_all  # noqa: F401
+from .changes import select_new, select_deleted, select_modified, SnapshotWindow, touch  # noqa: F401,E402

@@ -36,6 +36,7 @@ class _PrefixUndo:
         self.tags_by_obj = copy.deepcopy(px.tags.pending_by_obj)
         self.changed = px.changed
         self.singletons = {info.class_id: info.singleton_oid for info in px.class_infos()}
+        self.touched = set(getattr(px, "_db0_touched", None) or ())    # dbzero.changes.touch
 
     def save(self, obj: Any) -> None:
         oid = obj._oid
@@ -76,6 +77,9 @@ class _PrefixUndo:
         px.tags.pending = self.tags_pending
         px.tags.pending_by_obj = self.tags_by_obj
         px.changed = self.changed
+        touched = getattr(px, "_db0_touched", None)
+        if touched is not None:
+            touched.intersection_update(self.touched)
         for info in px.class_infos():
             if info.class_id in self.singletons:
                 info.singleton_oid = self.singletons[info.class_id]

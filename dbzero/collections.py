@@ -20,7 +20,7 @@ from dbzero_ext.keys import stable_hash as _stable_hash
 
 from . import errors
 from .cache import chunk_cache
-from .dicts import Dict, Set, _new_dict, _new_set, _pairs, check_key, check_value
+from .dicts import Dict, Set, _new_dict, _new_set, check_key, check_value
 from .enums import EnumValue
 from .lists import ByteArray, List, Tuple, _new
 from .prefix import WeakRef, register_collection_kind, register_converter

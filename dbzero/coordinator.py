@@ -79,10 +79,8 @@ def commit_together(ws, prefixes: List[Any]) -> None:
     names = [px.name for px in prefixes]
     prepared: List[Any] = []
     decided = False
-    current = None
     try:
         for px in prefixes:
-            current = px
             storage = px.storage
             storage.commit_hook = lambda batch, _s=storage: _add_marker(_s, txid, names, batch)
             saved_in_place = getattr(px, "in_place_refcounts", None)
@@ -97,7 +95,6 @@ def commit_together(ws, prefixes: List[Any]) -> None:
             if made:
                 prepared.append(px)
                 _kill_point(f"prepared-{len(prepared)}")
-        current = None
         if len(prepared) >= 2:
             _write_decision(ws.root, txid, [px.name for px in prepared])
             decided = True
@@ -109,7 +106,7 @@ def commit_together(ws, prefixes: List[Any]) -> None:
             _remove_decision(ws.root, txid)
     except BaseException:
         if not decided:
-            _abort(prepared, current)
+            _abort(prefixes, prepared)
         raise
 
 
@@ -124,22 +121,24 @@ def _add_marker(storage: Storage, txid: str, participants: List[str], batch: Wri
                                         "participants": participants, "puts": puts, "adds": adds})
 
 
-def _abort(prepared: List[Any], failed: Optional[Any]) -> None:
-    """The commit failed before the decision: undo the prepared participants now."""
+def _abort(participants: List[Any], prepared: List[Any]) -> None:
+    """The commit failed before the decision: neither prefix keeps the changes.
+
+    Prepared participants are rolled back on disk now (their cached objects reload the
+    old state); the others drop their pending changes.
+    """
     from . import sharing
-    for px in prepared:
-        storage = px.storage
-        before = storage.state
+    for px in participants:
         try:
-            rollback_prepared(storage)
+            if px in prepared:
+                storage = px.storage
+                before = storage.state
+                rollback_prepared(storage)
+                sharing.apply_journal(px, before, storage.state, include_dirty=True)
+            else:
+                sharing.rollback_pending(px)
         except Exception:
-            continue        # recovery at the next read-write open will finish it
-        sharing.apply_journal(px, before, storage.state, include_dirty=True)
-    if failed is not None and failed not in prepared:
-        try:
-            sharing.rollback_pending(failed)
-        except Exception:
-            pass
+            continue        # recovery at the next read-write open finishes a prepared one
 
 
 # -- decision files -------------------------------------------------------------------------------

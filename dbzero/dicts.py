@@ -16,6 +16,7 @@ bad key or value leaves the collection unchanged.
 from __future__ import annotations
 
 import collections.abc as _abc
+from reprlib import recursive_repr
 from typing import Any, Iterable, Iterator
 
 from dbzero_ext import chunks as _chunks
@@ -198,6 +199,7 @@ class Dict(_chunks.DictCore):
     def __reversed__(self) -> Iterator:
         return reversed(_builtin_list(self._iter(0)))
 
+    @recursive_repr("{...}")
     def __repr__(self) -> str:
         return "{" + ", ".join(f"{k!r}: {v!r}" for k, v in self._iter(2)) + "}"
 

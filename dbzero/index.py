@@ -491,6 +491,10 @@ class Index:
             raise TypeError(f"Index.sort expects a db0 query, not {type(query).__name__}")
         with self._px.lock:
             self._check()
+        snap = getattr(self._px, "snapshot", None)
+        if snap is not None and getattr(query._px, "snapshot", None) is not snap:
+            from .changes import rebind     # sort as of the index's snapshot
+            query = rebind(query, snap)
         return SortQuery(self, query, bool(desc), bool(null_first))
 
     def __repr__(self) -> str:

@@ -18,7 +18,8 @@ items live in chunks in the prefix and only the chunks touched are decoded (see
 from __future__ import annotations
 
 import operator
-from typing import Any, Iterable, Iterator, List as _List
+from reprlib import recursive_repr
+from typing import Any, Iterable, Iterator
 
 from dbzero_ext import chunks as _chunks
 
@@ -54,6 +55,7 @@ class _SeqMixin:
             out.extend(chunk)
         return self._plain(out)
 
+    @recursive_repr("[...]")
     def __repr__(self) -> str:
         return repr(self._plain_copy())
 
@@ -193,6 +195,7 @@ class Tuple(_SeqMixin, _chunks.SeqBase):
         px.check_writable()
         self._db0_create(px, iterable, 0)
 
+    @recursive_repr("(...)")
     def __repr__(self) -> str:
         return repr(self._plain_copy())
 
@@ -306,6 +309,12 @@ class ByteArray(_chunks.MutableSeq):
             return NotImplemented
         return _new(ByteArray, self._px, data)
 
+    def __radd__(self, other):
+        try:
+            return _builtin_bytes(other) + _builtin_bytes(self._bytes_copy())
+        except TypeError:
+            return NotImplemented
+
     def __iadd__(self, other):
         self.extend(other)
         return self
@@ -316,6 +325,14 @@ class ByteArray(_chunks.MutableSeq):
         except TypeError:
             return NotImplemented
         return _new(ByteArray, self._px, self._bytes_copy() * n)
+
+    def __imul__(self, n):
+        n = operator.index(n)
+        if n <= 0:
+            self.clear()
+        elif n > 1:
+            self.extend(self._bytes_copy() * (n - 1))
+        return self
 
     __rmul__ = __mul__
 

@@ -268,7 +268,7 @@ def apply_journal(px: Prefix, after: int, upto: int, skip: Iterable[int] = (),
     entries = _class_entries(storage)
     if classes or (sh is not None and entries != sh.class_entries):
         if any(info.dirty for info in px.class_infos()):
-            if sh is not None:
+            if not merge_classes(px) and sh is not None:
                 sh.doomed_classes = True
         else:
             reload_classes(px)
@@ -298,6 +298,57 @@ def reload_classes(px: Prefix, keep_dirty: bool = False) -> None:
     for cache in ("_info_by_cls", "_class_tags"):
         if isinstance(getattr(px, cache, None), dict):
             setattr(px, cache, {})
+
+
+def merge_classes(px: Prefix) -> bool:
+    """Reload the class table keeping this process's uncommitted class changes.
+
+    Works when the other writers' changes are compatible: a class we registered was
+    registered by them under the same id, or they added fields to a class we also added
+    fields to (the merged layout is theirs followed by ours - our dirty records are only
+    encoded at commit).  Returns False (the commit must conflict) when an id was taken by
+    another class, a class got another id, or singletons / bases disagree.
+    """
+    import msgpack
+    from .prefix import _CLS, ClassInfo
+    stored: Dict[int, dict] = {}
+    for key, value in px.storage.scan("classes", b""):
+        stored[_CLS.unpack(key)[0]] = msgpack.unpackb(value, raw=False)
+    id_of_name = {rec["name"]: cid for cid, rec in stored.items()}
+    dirty = {info.class_id: info for info in px.class_infos() if info.dirty}
+    for cid, info in dirty.items():
+        rec = stored.get(cid)
+        if rec is None:
+            if info.name in id_of_name:
+                return False
+            continue
+        theirs = rec.get("singleton", 0)
+        if rec["name"] != info.name or list(rec.get("bases", [])) != list(info.base_ids) \
+                or (theirs and info.singleton_oid and theirs != info.singleton_oid):
+            return False
+    bound = {info.name: info.cls for info in px.class_infos() if info.cls is not None}
+    by_id: Dict[int, Any] = {}
+    for cid, rec in stored.items():
+        info = dirty.get(cid)
+        if info is None:
+            info = ClassInfo(cid, rec["name"], list(rec["fields"]), bound.get(rec["name"]),
+                             rec.get("singleton", 0), list(rec.get("bases", [])))
+        else:
+            fields = list(rec["fields"])
+            fields += [f for f in info.fields if f not in fields]
+            info.fields = fields
+            info.field_index = {f: i for i, f in enumerate(fields)}
+            info.singleton_oid = info.singleton_oid or rec.get("singleton", 0)
+        by_id[cid] = info
+    for cid, info in dirty.items():
+        by_id.setdefault(cid, info)
+    px._classes_by_id = by_id
+    px._classes_by_name = {info.name: info for info in by_id.values()}
+    px._next_class_id = max([FIRST_USER_CLASS_ID - 1, *by_id]) + 1
+    for cache in ("_info_by_cls", "_class_tags"):
+        if isinstance(getattr(px, cache, None), dict):
+            setattr(px, cache, {})
+    return True
 
 
 # -- shared-writer commits ------------------------------------------------------------------------------

@@ -55,6 +55,10 @@ class Snapshot:
     def view_of(self, live: Prefix) -> Prefix:
         """The read-only prefix that reads ``live`` at this snapshot's state."""
         self._check()
+        if getattr(live, "snapshot", None) is not None:     # a view of another snapshot
+            if live.snapshot is self:
+                return live
+            live = self._ws.prefix_by_uuid(live.uuid)
         view = self._views.get(live.name)
         if view is None:
             state = self._states.get(live.name)

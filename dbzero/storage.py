@@ -16,6 +16,7 @@ Map growth is internal: a write that hits MDB_MAP_FULL is retried with a doubled
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import os
@@ -58,9 +59,33 @@ _registry_lock = threading.Lock()
 def _on_fork_child() -> None:
     # An environment inherited through fork() must never be used in the child (lmdb.h,
     # "Caveats"): forget it without closing, and let the owner reopen lazily.
-    for storage in list(_open_paths.values()):
+    inherited = list(_open_paths.values())
+    for storage in inherited:
         storage._abandon_after_fork()
     _open_paths.clear()
+    if inherited:
+        _salt_env_keys()
+
+
+def _salt_env_keys() -> None:
+    """Let the child reopen files whose inherited environments it abandoned.
+
+    py-lmdb refuses a second environment on files already open in the process, and the
+    abandoned ones stay registered (they are never closed, see _abandon_after_fork).  They
+    are also never used, so no fcntl lock of theirs can clash with a new environment:
+    keying new environments by (child pid, file) is safe.
+    """
+    try:
+        from lmdb import _envid
+    except ImportError:     # an lmdb without the guard
+        return
+    original = _envid.env_keys
+    pid = os.getpid()
+
+    def env_keys(path, subdir):
+        return tuple(("forked", pid) + tuple(key) for key in original(path, subdir))
+
+    _envid.env_keys = env_keys
 
 
 if hasattr(os, "register_at_fork"):
@@ -215,6 +240,13 @@ class Storage:
         self.prefix_uuid: bytes = self._rtxn.get(b"uuid", db=self._dbs["meta"])
 
     def _abandon_after_fork(self) -> None:
+        # The inherited objects must never be deallocated in the child: freeing the read
+        # transaction releases its reader slot in the lock table the parent shares, and the
+        # parent's next read then fails with MDB_BAD_RSLOT.  An extra reference that is
+        # never dropped keeps them alive (also through interpreter shutdown).
+        for obj in (self._env, self._rtxn):
+            if obj is not None:
+                ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
         self._env = None
         self._rtxn = None
         if self._lock_fd is not None:

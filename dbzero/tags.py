@@ -484,13 +484,21 @@ class _Eval:
             ids, neg = self.run(node[1])
             return ids, not neg
         if kind == "q":
-            return node[1]._ids_in(self.px), False
+            query = node[1]
+            snap = getattr(self.px, "snapshot", None)
+            if snap is not None and getattr(query._px, "snapshot", None) is not snap:
+                from .changes import rebind     # a live query inside a snapshot's find
+                query = rebind(query, snap)
+            return query._ids_in(self.px), False
         if kind == "ckey":
             return self.class_ids(node[1]), False
         if kind == "obj":
             obj = node[1]
             if obj._px is self.px and not obj._flags & F_DEAD:
                 return IdSet.from_iterable((obj._oid,)), False
+            if obj._px is not self.px and obj._px.uuid == self.px.uuid \
+                    and self.px.try_get_object(obj._oid) is not None:
+                return IdSet.from_iterable((obj._oid,)), False   # same object, other snapshot
             return EMPTY, False
         if kind == "weak":
             if node[1] == self.px.uuid and self.px.try_get_object(node[2]) is not None:

@@ -68,19 +68,28 @@ cache again.  Every 32nd TLB hit also refreshes the chunk's LRU position ("sampl
 Concurrency
 ===========
 
-Mutations and every storage read hold the prefix lock.  Reads served from pinned or cached
-chunks do not take it: they only call C-level dict/list/OrderedDict operations, which no
-other thread can interleave with while this one holds the GIL.
+Every storage read and every mutation runs under the prefix lock, inside which the proxy
+counts itself ``_busy``.  Two kinds of fast path skip the lock:
+
+* reads served from pinned or cached chunks (C-level dict/list/OrderedDict work only);
+* writes whose target chunk is already private (append to a pinned tail chunk, insert or
+  replace a str/int key in a pinned bucket) with a plain value, outside atomic blocks.
+
+Both run only while no other thread is inside a locked section of the same proxy
+(``_busy == 0``; writes also not between ``_db0_flush`` and ``_db0_committed``), allocate
+nothing GC-tracked between their first and last mutation, and call no Python code, so under
+the GIL they cannot interleave with anything; any other case takes the lock.  The prefix
+calls ``_db0_committed`` / ``_db0_restore`` / ``_db0_invalidate`` / ``_db0_release_all``
+with its lock held; they raise ``_busy`` as well.  (Free-threaded CPython would need real
+per-proxy locking instead.)
 """
 
 from cpython cimport array
-from cpython.dict cimport PyDict_GetItem, PyDict_Next, PyDict_Size
-from cpython.list cimport PyList_New, PyList_SET_ITEM
-from cpython.ref cimport Py_INCREF
-from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_GetItem, PyDict_Next, PyDict_Size
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE, PyList_New, PyList_SET_ITEM
 from cpython.long cimport PyLong_CheckExact
-from cpython.ref cimport PyObject
+from cpython.ref cimport Py_INCREF, PyObject
 from cpython.weakref cimport PyWeakref_GET_OBJECT, PyWeakref_NewRef
 from libc.string cimport memmove
 from libc.stdint cimport uint64_t
@@ -165,6 +174,8 @@ cdef object _UnsupportedTypeError = None
 cdef object _FormatError = None
 cdef object _enum_value_type = None
 cdef bint _cache_direct = False
+
+cdef object _MISS = object()     # "not available without a storage read"
 
 cdef int _F_DEAD = 8       # mirrors dbzero_ext.memo flag bits (Prefix code reads ``_flags``)
 cdef int _F_CLOSED = 64
@@ -386,12 +397,25 @@ cdef object placeholder1(object px, object x):
 
 # -- cache access ----------------------------------------------------------------------------
 
+cdef unsigned long long _tlb_hits = 0
+
+
+cdef inline void count_tlb_hit() except *:
+    # TLB hits are folded into the cache's hit counter in batches (it is a Python attribute)
+    global _tlb_hits
+    _tlb_hits += 1
+    if (_tlb_hits & 1023) == 0:
+        _cache.hits += 1024
+
+
 cdef inline object cache_get(object key):
     # C-level OrderedDict calls only: atomic under the GIL.
     cdef PyObject* item = PyDict_GetItem(_cache_items, key)
     if item == NULL:
+        _cache.misses += 1
         return None
     _od_move_to_end(_cache_items, key)
+    _cache.hits += 1
     return (<tuple>item)[0]
 
 
@@ -490,6 +514,11 @@ cdef class CollectionBase:
     cdef list _tlb_ref
     cdef Py_ssize_t _tlb_mask
     cdef unsigned int _hits
+    # Concurrency: _busy counts the locked sections of this proxy in progress (only the
+    # thread holding the prefix lock changes it); _flushing is set from _db0_flush until
+    # _db0_committed.  Lock-free fast paths run only when both are clear.
+    cdef int _busy
+    cdef bint _flushing
 
     def __cinit__(self, *args, **kwargs):
         self._loaded = False
@@ -536,6 +565,14 @@ cdef class CollectionBase:
         obj._attach(px, oid)
         return obj
 
+    cdef inline void _enter(self) except *:
+        self._acquire()
+        self._busy += 1
+
+    cdef inline void _leave(self) except *:
+        self._busy -= 1
+        self._release()
+
     cdef inline object _pxattr(self, str name):
         cdef PyObject* r
         if self._pxd is not None:
@@ -562,7 +599,7 @@ cdef class CollectionBase:
 
     cdef int _load(self) except -1:
         px = self._px
-        self._acquire()
+        self._enter()
         try:
             if self._loaded:
                 return 0
@@ -586,7 +623,7 @@ cdef class CollectionBase:
             self._read_header(rec)
             self._loaded = True
         finally:
-            self._release()
+            self._leave()
         return 0
 
     cdef _read_header(self, list rec):
@@ -616,9 +653,10 @@ cdef class CollectionBase:
             px.mark_dirty(self)
 
     cdef inline bint _fast_write_ok(self):
-        """May a write skip the lock?  Only when nothing but C-level work follows."""
-        return (self._loaded and not self._db0_dead and not self._db0_closed and not self._ro
-                and self._pxattr("atomic_log") is None)
+        """May a write skip the lock?  Only when nothing but C-level work follows and no
+        other thread is inside a locked section of this proxy or committing it."""
+        return (self._busy == 0 and not self._flushing and self._loaded and not self._db0_dead
+                and not self._db0_closed and not self._ro and self._pxattr("atomic_log") is None)
 
     # -- chunk cache with the per-proxy TLB ---------------------------------------------------
 
@@ -634,6 +672,7 @@ cdef class CollectionBase:
             if LL(self._tlb_no)[slot] == n:
                 o = PyWeakref_GET_OBJECT(<object>PyList_GET_ITEM(self._tlb_ref, slot))
                 if o != <PyObject*>None:
+                    count_tlb_hit()
                     self._hits += 1
                     if (self._hits & 31) == 0:
                         self._touch_lru(n)
@@ -711,20 +750,20 @@ cdef class CollectionBase:
 
     def _db0_incref(self):
         px = self._wbegin()
-        self._acquire()
+        self._enter()
         try:
             self._undo(px)
             self._refc += 1
             px.zero_rc.discard(self._oid)
             px.mark_dirty(self)
         finally:
-            self._release()
+            self._leave()
 
     def _db0_decref(self):
         if self._db0_dead:
             return
         px = self._wbegin()
-        self._acquire()
+        self._enter()
         try:
             self._undo(px)
             self._refc -= 1
@@ -732,14 +771,65 @@ cdef class CollectionBase:
             if self._refc <= 0:
                 px.note_zero(self._oid)
         finally:
-            self._release()
+            self._leave()
+
+    # The prefix calls these with its lock held; _busy makes lock-free readers in other
+    # threads wait for the lock instead of seeing a half-updated proxy.
 
     def _db0_invalidate(self):
         """A read-only prefix moved to a newer state: forget the header and pinned data."""
-        self._loaded = False
-        self._mod += 1
-        self._tlb_clear()
-        self._forget()
+        self._busy += 1
+        try:
+            self._loaded = False
+            self._mod += 1
+            self._tlb_clear()
+            self._forget()
+        finally:
+            self._busy -= 1
+
+    def _db0_flush(self, batch):
+        """Write the pending changes into ``batch`` (commit, lock held)."""
+        self._flushing = True    # no lock-free writes until _db0_committed
+        self._flush(batch)
+
+    def _db0_committed(self):
+        """The batch was committed: pinned chunks become clean cache entries."""
+        self._busy += 1
+        try:
+            self._committed()
+        finally:
+            self._busy -= 1
+            self._flushing = False
+
+    def _db0_release_all(self):
+        """Deleted (unreachable): release what the items reference; forget cached chunks."""
+        self._busy += 1
+        try:
+            self._release_all()
+        finally:
+            self._busy -= 1
+
+    def _db0_restore(self, token):
+        """Put back the state captured by _db0_undo_token (atomic rollback)."""
+        self._busy += 1
+        try:
+            self._mod += 1
+            self._restore(token)
+        finally:
+            self._busy -= 1
+            self._flushing = False
+
+    cdef _flush(self, batch):
+        raise NotImplementedError
+
+    cdef _committed(self):
+        raise NotImplementedError
+
+    cdef _release_all(self):
+        raise NotImplementedError
+
+    cdef _restore(self, token):
+        raise NotImplementedError
 
     cdef _forget(self):
         pass
@@ -946,14 +1036,14 @@ cdef class SeqBase(CollectionBase):
 
     cdef object _load_chunk(self, long long cid, bint keep):
         px = self._px
-        self._acquire()
+        self._enter()
         try:
             if px.closed:
                 self._db0_closed = True
                 raise _ClosedError("Object is no longer accessible")
             raw = px.storage.get("chunks", self._okey + _BE32(cid))
         finally:
-            self._release()
+            self._leave()
         if raw is None:
             raise _FormatError(f"collection {self._oid}: chunk {cid} is missing")
         if self._bytes:
@@ -1005,6 +1095,9 @@ cdef class SeqBase(CollectionBase):
         return items
 
     # -- reads -----------------------------------------------------------------------------
+    # A read first tries a lock-free path that touches only pinned or cached chunks (C-level
+    # work only); anything that needs storage, or finds another thread inside a locked
+    # section (_busy), is redone under the prefix lock.
 
     cdef Py_ssize_t _norm(self, object idx, str what) except -1:
         cdef Py_ssize_t i = idx
@@ -1017,8 +1110,18 @@ cdef class SeqBase(CollectionBase):
     cdef str _kindname(self):
         return "bytearray" if self._bytes else ("tuple" if self._kind == KIND_TUPLE else "list")
 
+    cdef object _chunk_nowait(self, Py_ssize_t ci):
+        """Chunk ``ci`` if it is pinned or cached, else None (never reads storage)."""
+        cdef long long cid = LL(self._ids)[ci]
+        cdef PyObject* d
+        if self._dirty:
+            d = PyDict_GetItem(self._dirty, cid)
+            if d != NULL:
+                return <object>d
+        return self._cget(cid)
+
     cdef object _raw(self, Py_ssize_t i):
-        """Stored item at position i (0 <= i < len), unresolved."""
+        """Stored item at position i (0 <= i < len), unresolved.  Lock held."""
         cdef Py_ssize_t ci
         if self._lc is not None and self._lc_start <= i < self._lc_end:
             return self._lc[i - self._lc_start]
@@ -1029,8 +1132,21 @@ cdef class SeqBase(CollectionBase):
         self._lc_end = LL(self._ends)[ci]
         return items[i - self._lc_start]
 
-    cdef object _get(self, Py_ssize_t i):
-        x = self._raw(i)
+    cdef object _raw_nowait(self, Py_ssize_t i):
+        """Like _raw without the lock; _MISS if a chunk would have to be read."""
+        cdef Py_ssize_t ci
+        if self._lc is not None and self._lc_start <= i < self._lc_end:
+            return self._lc[i - self._lc_start]
+        ci = self._find(i)
+        items = self._chunk_nowait(ci)
+        if items is None:
+            return _MISS
+        self._lc = items
+        self._lc_start = self._start(ci)
+        self._lc_end = LL(self._ends)[ci]
+        return items[i - self._lc_start]
+
+    cdef inline object _out(self, object x):
         if self._hflags & HAS_REFS and not is_plain(x):
             return resolve1(self._px, x)
         return x
@@ -1042,15 +1158,28 @@ cdef class SeqBase(CollectionBase):
     def __getitem__(self, idx):
         self._check()
         if PyLong_CheckExact(idx):
-            return self._get(self._norm(idx, ""))
-        if isinstance(idx, slice):
-            return self._getslice(idx)
+            if self._busy == 0:
+                x = self._raw_nowait(self._norm(idx, ""))
+                if x is not _MISS:
+                    return self._out(x)
+        elif isinstance(idx, slice):
+            self._enter()
+            try:
+                return self._getslice(idx)
+            finally:
+                self._leave()
+        else:
+            try:
+                idx = operator.index(idx)
+            except TypeError:
+                raise TypeError(f"{self._kindname()} indices must be integers or slices, "
+                                f"not {type(idx).__name__}") from None
+        self._enter()
         try:
-            i = operator.index(idx)
-        except TypeError:
-            raise TypeError(f"{self._kindname()} indices must be integers or slices, "
-                            f"not {type(idx).__name__}") from None
-        return self._get(self._norm(i, ""))
+            x = self._raw(self._norm(idx, ""))
+        finally:
+            self._leave()
+        return self._out(x)
 
     cdef object _getslice(self, slice sl):
         cdef Py_ssize_t start, stop, step
@@ -1060,7 +1189,7 @@ cdef class SeqBase(CollectionBase):
         elif self._bytes:
             out = bytearray([self._raw(i) for i in range(start, stop, step)])
         else:
-            out = [self._get(i) for i in range(start, stop, step)]
+            out = self._resolved([self._raw(i) for i in range(start, stop, step)])
         if self._bytes:
             return bytes(out)
         if self._kind == KIND_TUPLE:
@@ -1068,7 +1197,7 @@ cdef class SeqBase(CollectionBase):
         return list(out) if type(out) is not list else out
 
     cdef object _range(self, Py_ssize_t a, Py_ssize_t b):
-        """Items [a, b) resolved, as a new list (bytearray for ByteArray)."""
+        """Items [a, b) resolved, as a new list (bytearray for ByteArray).  Lock held."""
         out = self._empty()
         if b <= a:
             return out
@@ -1083,16 +1212,35 @@ cdef class SeqBase(CollectionBase):
             ci += 1
         return self._resolved(out)
 
-    def _chunks(self):
-        """Iterator over resolved chunk contents in order (chunk by chunk, bounded memory)."""
+    def _chunks_from(self, Py_ssize_t pos=0):
+        """(position, items) chunk by chunk from ``pos`` on: bounded memory, lock held only
+        while a chunk is fetched.  Position-based like a list iterator, so it sees edits
+        made in between; the items are resolved and never a pinned (mutable) chunk."""
         self._check()
-        cdef Py_ssize_t ci = 0
-        cdef unsigned long long mod = self._mod
-        while ci < self._n:
-            if mod != self._mod:
-                raise RuntimeError(f"{self._kindname()} changed during iteration")
-            yield self._resolved(self._chunk(ci))
-            ci += 1
+        cdef Py_ssize_t ci, start, end
+        cdef long long cid
+        while True:
+            self._enter()
+            try:
+                if pos >= self._len:
+                    return
+                ci = self._find(pos)
+                start = self._start(ci)
+                end = LL(self._ends)[ci]
+                cid = LL(self._ids)[ci]
+                items = self._chunk(ci)
+                if pos > start or PyDict_GetItem(self._dirty, cid) != NULL:
+                    items = items[pos - start:]
+                here = pos
+            finally:
+                self._leave()
+            pos = end
+            yield here, self._resolved(items)
+
+    def _chunks(self):
+        """Resolved chunk contents in order (see _chunks_from)."""
+        for _pos, items in self._chunks_from(0):
+            yield items
 
     def __iter__(self):
         self._check()
@@ -1122,34 +1270,33 @@ cdef class SeqBase(CollectionBase):
                 if value in items:
                     return True
             return False
-        return bytes(memoryview(value)) in self._range(0, self._len)
+        needle = bytes(memoryview(value))
+        self._enter()
+        try:
+            return needle in self._range(0, self._len)
+        finally:
+            self._leave()
 
     def _index(self, value, Py_ssize_t start, Py_ssize_t stop):
         """Position of the first item equal to ``value`` in [start, stop), or -1."""
         self._check()
-        cdef Py_ssize_t ci, s, e, lo, hi
+        cdef Py_ssize_t hi
         if start < 0:
             start = max(start + self._len, 0)
         if stop < 0:
             stop += self._len
-        if stop > self._len:
-            stop = self._len
         if start >= stop:
             return -1
-        ci = self._find(start)
-        while ci < self._n:
-            s = self._start(ci)
-            e = LL(self._ends)[ci]
-            if s >= stop:
+        for pos, items in self._chunks_from(start):
+            if pos >= stop:
                 break
-            items = self._resolved(self._chunk(ci))
-            lo = start - s if start > s else 0
-            hi = (stop if stop < e else e) - s
+            hi = stop - pos
+            if hi > len(items):
+                hi = len(items)
             try:
-                return s + items.index(value, lo, hi)
+                return pos + items.index(value, 0, hi)
             except ValueError:
                 pass
-            ci += 1
         return -1
 
     def _count(self, value):
@@ -1396,7 +1543,7 @@ cdef class SeqBase(CollectionBase):
 
     # -- commit protocol -----------------------------------------------------------------------
 
-    def _db0_flush(self, batch):
+    cdef _flush(self, batch):
         px = self._px
         pack = self._codec.pack
         okey = self._okey
@@ -1439,7 +1586,7 @@ cdef class SeqBase(CollectionBase):
                 batch.delete("chunks", okey + b"d" + _BE32(dn))
         self._new_ndir = ndir
 
-    def _db0_committed(self):
+    cdef _committed(self):
         px = self._px
         for cid, items in self._dirty.items():
             if items is None:
@@ -1459,7 +1606,7 @@ cdef class SeqBase(CollectionBase):
         self._stored_ndir = self._new_ndir
         self._dir_from = -1
 
-    def _db0_release_all(self):
+    cdef _release_all(self):
         """Deleted (unreachable): release what the items reference; forget cached chunks."""
         self._release_items()
         cdef Py_ssize_t ci
@@ -1483,7 +1630,7 @@ cdef class SeqBase(CollectionBase):
                 _pyarray.array("q", self._ids), _pyarray.array("q", self._sizes),
                 dirty, set(self._fresh), self._dir_from, self._stored_ndir)
 
-    def _db0_restore(self, token):
+    cdef _restore(self, token):
         self._mod += 1
         self._lc = None
         if token is None:
@@ -1585,67 +1732,70 @@ cdef class MutableSeq(SeqBase):
                     return
         px = self._wbegin()
         v = self._adopt_one(px, value)
-        self._acquire()
+        self._enter()
         try:
             self._undo(px)
             self._append1(v)
             self._dirtied(px)
         finally:
-            self._release()
+            self._leave()
 
     def extend(self, iterable):
         """Append every item of ``iterable`` (all validated first: all or nothing)."""
         px = self._wbegin()
         if iterable is self:
-            iterable = self._range(0, self._len)
+            self._enter()
+            try:
+                iterable = self._range(0, self._len)
+            finally:
+                self._leave()
         items = self._adopt_many(px, iterable)
         if not items:
             return
-        self._acquire()
+        self._enter()
         try:
             self._undo(px)
             self._append_many(items)
             self._dirtied(px)
         finally:
-            self._release()
+            self._leave()
 
     def insert(self, index, value):
         """Insert before ``index`` (clamped like list.insert)."""
         px = self._wbegin()
         cdef Py_ssize_t i = operator.index(index)
-        if i < 0:
-            i += self._len
-            if i < 0:
-                i = 0
-        if i > self._len:
-            i = self._len
         v = self._adopt_one(px, value)
-        self._acquire()
+        self._enter()
         try:
+            if i < 0:
+                i += self._len
+                if i < 0:
+                    i = 0
+            if i > self._len:
+                i = self._len
             self._undo(px)
             self._insert1(i, v)
             self._dirtied(px)
         finally:
-            self._release()
+            self._leave()
 
     def pop(self, index=-1):
         """Remove and return the item at ``index`` (default last); releases its reference."""
         px = self._wbegin()
-        cdef Py_ssize_t i
-        if self._len == 0:
-            raise IndexError(f"pop from empty {self._kindname()}")
-        i = operator.index(index)
-        if i < 0:
-            i += self._len
-        if i < 0 or i >= self._len:
-            raise IndexError("pop index out of range")
-        self._acquire()
+        cdef Py_ssize_t i = operator.index(index)
+        self._enter()
         try:
+            if self._len == 0:
+                raise IndexError(f"pop from empty {self._kindname()}")
+            if i < 0:
+                i += self._len
+            if i < 0 or i >= self._len:
+                raise IndexError("pop index out of range")
             self._undo(px)
             old = self._pop1(i)
             self._dirtied(px)
         finally:
-            self._release()
+            self._leave()
         if self._bytes or is_plain(old):
             return old
         value = resolve1(px, old)
@@ -1655,31 +1805,31 @@ cdef class MutableSeq(SeqBase):
     def clear(self):
         """Remove every item, releasing the references they held."""
         px = self._wbegin()
-        if self._len == 0:
-            return
-        self._acquire()
+        self._enter()
         try:
+            if self._len == 0:
+                return
             self._undo(px)
             self._release_items()
             self._clear_all()
             self._hflags = 0
             self._dirtied(px)
         finally:
-            self._release()
+            self._leave()
 
     def _w_rewrite(self, items):
         """Replace the whole content by ``items`` (the same elements reordered)."""
         px = self._wbegin()
         if not self._bytes:
             items = list(items)
-        self._acquire()
+        self._enter()
         try:
             self._undo(px)
             self._clear_all()
             self._append_many(items)
             self._dirtied(px)
         finally:
-            self._release()
+            self._leave()
 
     def __setitem__(self, idx, value):
         px = self._wbegin()
@@ -1692,95 +1842,94 @@ cdef class MutableSeq(SeqBase):
         except TypeError:
             raise TypeError(f"{self._kindname()} indices must be integers or slices, "
                             f"not {type(idx).__name__}") from None
-        i = self._norm(idx, "assignment ")
         v = self._adopt_one(px, value)
-        self._acquire()
+        self._enter()
         try:
+            try:
+                i = self._norm(idx, "assignment ")
+            except IndexError:
+                if not self._bytes and not is_plain(v):
+                    release1(px, v)
+                raise
             self._undo(px)
             old = self._set1(i, v)
             self._dirtied(px)
         finally:
-            self._release()
+            self._leave()
         if not self._bytes and not is_plain(old):
             release1(px, old)
 
     cdef _setslice(self, px, slice sl, value):
         cdef Py_ssize_t start, stop, step, n, j
-        start, stop, step = sl.indices(self._len)
         if value is self:
-            value = self._range(0, self._len)
+            self._enter()
+            try:
+                value = self._range(0, self._len)
+            finally:
+                self._leave()
         new_items = self._adopt_many(px, value)
         removed = None
-        if step == 1:
-            self._acquire()
-            try:
+        olds = []
+        self._enter()
+        try:
+            start, stop, step = sl.indices(self._len)
+            if step == 1:
                 self._undo(px)
                 removed = self._splice(start, stop, new_items,
                                        not self._bytes and self._hflags & HAS_REFS)
                 self._dirtied(px)
-            finally:
-                self._release()
-            self._release_list(px, removed)
-            return
-        positions = range(start, stop, step)
-        n = len(positions)
-        if len(new_items) != n:
-            self._release_list(px, new_items)
-            raise ValueError(f"attempt to assign {'bytes' if self._bytes else 'sequence'} of size "
-                             f"{len(new_items)} to extended slice of size {n}")
-        olds = []
-        self._acquire()
-        try:
-            self._undo(px)
-            for j in range(n):
-                olds.append(self._set1(positions[j], new_items[j]))
-            self._dirtied(px)
+            else:
+                positions = range(start, stop, step)
+                n = len(positions)
+                if len(new_items) != n:
+                    self._release_list(px, new_items)
+                    raise ValueError(f"attempt to assign {'bytes' if self._bytes else 'sequence'} "
+                                     f"of size {len(new_items)} to extended slice of size {n}")
+                self._undo(px)
+                for j in range(n):
+                    olds.append(self._set1(positions[j], new_items[j]))
+                self._dirtied(px)
         finally:
-            self._release()
+            self._leave()
+        self._release_list(px, removed)
         self._release_list(px, olds)
 
     def __delitem__(self, idx):
         px = self._wbegin()
         cdef Py_ssize_t start, stop, step, i
         removed = None
-        if isinstance(idx, slice):
-            start, stop, step = idx.indices(self._len)
-            positions = range(start, stop, step)
-            if len(positions) == 0:
-                return
-            if step < 0:
-                positions = positions[::-1]
-                step = -step
-                start = positions[0]
-                stop = positions[-1] + 1
-            self._acquire()
+        if not isinstance(idx, slice):
             try:
+                idx = operator.index(idx)
+            except TypeError:
+                raise TypeError(f"{self._kindname()} indices must be integers or slices, "
+                                f"not {type(idx).__name__}") from None
+        self._enter()
+        try:
+            if isinstance(idx, slice):
+                start, stop, step = idx.indices(self._len)
+                positions = range(start, stop, step)
+                if len(positions) == 0:
+                    return
+                if step < 0:
+                    positions = positions[::-1]
+                    step = -step
+                    start = positions[0]
+                    stop = positions[-1] + 1
                 self._undo(px)
                 if step == 1:
                     removed = self._splice(start, stop, [],
                                            not self._bytes and self._hflags & HAS_REFS)
                 else:
                     removed = [self._pop1(i) for i in reversed(positions)]
-                self._dirtied(px)
-            finally:
-                self._release()
-            self._release_list(px, removed)
-            return
-        try:
-            idx = operator.index(idx)
-        except TypeError:
-            raise TypeError(f"{self._kindname()} indices must be integers or slices, "
-                            f"not {type(idx).__name__}") from None
-        i = self._norm(idx, "assignment ")
-        self._acquire()
-        try:
-            self._undo(px)
-            old = self._pop1(i)
+            else:
+                i = self._norm(idx, "assignment ")
+                self._undo(px)
+                removed = [self._pop1(i)]
             self._dirtied(px)
         finally:
-            self._release()
-        if not self._bytes and not is_plain(old):
-            release1(px, old)
+            self._leave()
+        self._release_list(px, removed)
 
 
 cdef class SeqIter:
@@ -1797,7 +1946,7 @@ cdef class SeqIter:
     def __next__(self):
         cdef object x
         cdef object items = self.items
-        if items is not None and self.mod == self.s._mod:
+        if items is not None and self.mod == self.s._mod and self.s._busy == 0:
             if isinstance(items, list):
                 if self.off < PyList_GET_SIZE(items):
                     x = <object>PyList_GET_ITEM(items, self.off)
@@ -1814,18 +1963,29 @@ cdef class SeqIter:
     cdef object _slow(self):
         cdef SeqBase s = self.s
         cdef Py_ssize_t ci, start
+        cdef long long cid
         if s is None:
             raise StopIteration
         s._check()
-        if self.pos >= s._len:
-            self.s = None
-            self.items = None
-            raise StopIteration
-        ci = s._find(self.pos)
-        start = s._start(ci)
-        items = s._resolved(s._chunk(ci))
+        s._enter()
+        try:
+            if self.pos >= s._len:
+                self.s = None
+                self.items = None
+                raise StopIteration
+            ci = s._find(self.pos)
+            start = s._start(ci)
+            cid = LL(s._ids)[ci]
+            items = s._chunk(ci)
+            if PyDict_GetItem(s._dirty, cid) != NULL:
+                # a pinned chunk may change under us: iterate over a copy of the rest
+                items = items[self.pos - start:]
+                start = self.pos
+            self.mod = s._mod
+        finally:
+            s._leave()
+        items = s._resolved(items)
         self.items = items
-        self.mod = s._mod
         self.off = self.pos - start
         x = items[self.off]
         self.off += 1
@@ -2055,14 +2215,14 @@ cdef class HashBase(CollectionBase):
 
     cdef object _load_bucket(self, long long b, bint keep):
         px = self._px
-        self._acquire()
+        self._enter()
         try:
             if px.closed:
                 self._db0_closed = True
                 raise _ClosedError("Object is no longer accessible")
             raw = px.storage.get("chunks", self._okey + b"b" + _BE32(b))
         finally:
-            self._release()
+            self._leave()
         d = new_bucket()
         cdef list flat
         cdef Py_ssize_t i, n
@@ -2130,14 +2290,14 @@ cdef class HashBase(CollectionBase):
         if obj is not None:
             return obj
         px = self._px
-        self._acquire()
+        self._enter()
         try:
             if px.closed:
                 self._db0_closed = True
                 raise _ClosedError("Object is no longer accessible")
             raw = px.storage.get("chunks", self._okey + b"o" + _BE32(c))
         finally:
-            self._release()
+            self._leave()
         if raw is None:
             return None
         obj = _Chunk(self._codec.unpack(raw))
@@ -2221,9 +2381,52 @@ cdef class HashBase(CollectionBase):
                 self._first_seq = (c + 1) * self._ocs
 
     # -- reads -----------------------------------------------------------------------------
+    # Lock-free when the bucket is pinned or cached and no other thread is inside a locked
+    # section of this proxy (see SeqBase); otherwise under the prefix lock.
+
+    cdef object _bucket_nowait(self, long long b):
+        """Bucket ``b`` if pinned or cached, else None (never reads storage)."""
+        cdef PyObject* d
+        if self._dbk:
+            d = PyDict_GetItem(self._dbk, b)
+            if d != NULL:
+                return _EMPTY_BUCKET if d == <PyObject*>None else <object>d
+        return self._cget(b * 2)
+
+    cdef object _ochunk_nowait(self, long long c):
+        """Order chunk ``c``, None if it does not exist, _MISS if it is not in memory."""
+        cdef PyObject* p
+        if self._dord:
+            p = PyDict_GetItem(self._dord, c)
+            if p != NULL:
+                return <object>p
+        obj = self._cget(c * 2 + 1)
+        return _MISS if obj is None else obj
 
     cdef inline object _entry(self, bytes ekey):
-        return self._bucket(self._bno(hash_bytes(ekey))).get(ekey)
+        """The stored entry of ``ekey`` or None.  Lock held."""
+        cdef PyObject* e = PyDict_GetItem(self._bucket(self._bno(hash_bytes(ekey))), ekey)
+        return None if e == NULL else <object>e
+
+    cdef object _find_entry(self, bytes ekey):
+        """The stored entry of ``ekey`` or None, lock-free when possible."""
+        cdef PyObject* e
+        if self._busy == 0:
+            d = self._bucket_nowait(self._bno(hash_bytes(ekey)))
+            if d is not None:
+                e = PyDict_GetItem(d, ekey)
+                return None if e == NULL else <object>e
+        self._enter()
+        try:
+            return self._entry(ekey)
+        finally:
+            self._leave()
+
+    cdef inline object _value_out(self, object e):
+        v = (<tuple>e)[1]
+        if self._hflags & HAS_REFS and not is_plain(v):
+            return resolve1(self._px, v)
+        return v
 
     def __len__(self):
         self._check()
@@ -2234,7 +2437,7 @@ cdef class HashBase(CollectionBase):
         cdef bytes ekey = ekey_of(k, True)
         if ekey is None:
             return False
-        return ekey in self._bucket(self._bno(hash_bytes(ekey)))
+        return self._find_entry(ekey) is not None
 
     def _lookup(self, k, default):
         """The stored value for ``k`` (resolved) or ``default``."""
@@ -2242,13 +2445,10 @@ cdef class HashBase(CollectionBase):
         cdef bytes ekey = ekey_of(k, True)
         if ekey is None:
             return default
-        e = self._entry(ekey)
+        e = self._find_entry(ekey)
         if e is None:
             return default
-        v = (<tuple>e)[1]
-        if self._hflags & HAS_REFS and not is_plain(v):
-            return resolve1(self._px, v)
-        return v
+        return self._value_out(e)
 
     def _key_of(self, k, default=None):
         """The stored key object equal to ``k`` (Python keeps the first one), or ``default``."""
@@ -2256,7 +2456,7 @@ cdef class HashBase(CollectionBase):
         cdef bytes ekey = ekey_of(k, True)
         if ekey is None:
             return default
-        e = self._entry(ekey)
+        e = self._find_entry(ekey)
         return default if e is None else resolve1(self._px, (<tuple>e)[0])
 
     def _iter(self, int mode):
@@ -2264,6 +2464,7 @@ cdef class HashBase(CollectionBase):
         self._check()
         cdef HashIter it = HashIter.__new__(HashIter)
         it.h = self
+        it.px = self._px
         it.mode = mode
         it.c = self._first_seq // self._ocs - 1
         it.oc = None
@@ -2331,98 +2532,103 @@ cdef class HashBase(CollectionBase):
         self._len += 1
         self._mod += 1
         if self._len > self._nbuckets() * C_BUCKET_LOAD:
-            self._acquire()
+            self._enter()
             try:
                 while self._len > self._nbuckets() * C_BUCKET_LOAD:
                     self._split_one()
             finally:
-                self._release()
+                self._leave()
         return 1
 
     cdef int _put(self, px, k, v, bint replace) except -1:
         """Store k -> v.  replace=False (Set.add / setdefault) keeps an existing value.
 
-        Returns 1 if a new key was inserted, 0 if it existed.
+        Returns 1 if a new key was inserted, 0 if it existed.  Everything after encoding the
+        key happens under the lock, so a concurrent split can never misplace the key.
         """
         cdef int flags = 0
         cdef bytes ekey = ekey_of(k, False)
-        cdef long long b = self._bno(hash_bytes(ekey)), seq
-        cdef object e
-        cdef PyObject* p = NULL
-        cdef PyObject* wp = NULL
-        if self._dbk:
-            wp = PyDict_GetItem(self._dbk, b)
-        if wp != NULL and wp != <PyObject*>None:
-            p = PyDict_GetItem(<object>wp, ekey)
-            e = <object>p if p != NULL else None
-        else:
-            wp = NULL
-            e = self._bucket(b).get(ekey)
-        if e is not None:
-            if not replace:
-                return 0
-            nv = v if is_plain(v) else px.adopt(v)
-            if not is_plain(nv) and is_ref(nv):
-                flags |= HAS_REFS
-            self._acquire()
-            try:
+        cdef long long b, seq
+        cdef object e, old = None
+        cdef PyObject* p
+        cdef PyObject* wp
+        cdef int result = 0
+        self._enter()
+        try:
+            b = self._bno(hash_bytes(ekey))
+            wp = PyDict_GetItem(self._dbk, b) if self._dbk else NULL
+            if wp != NULL and wp != <PyObject*>None:
+                p = PyDict_GetItem(<object>wp, ekey)
+                e = <object>p if p != NULL else None
+            else:
+                wp = NULL
+                e = self._entry(ekey)
+            if e is not None:
+                if not replace:
+                    return 0
+                nv = v if is_plain(v) else px.adopt(v)
+                if not is_plain(nv) and is_ref(nv):
+                    flags |= HAS_REFS
                 self._undo(px)
                 old = (<tuple>e)[1]
                 self._wbucket(b)[ekey] = entry3((<tuple>e)[0], nv, (<tuple>e)[2])
                 self._hflags |= flags
                 self._dirtied(px)
-            finally:
-                self._release()
-            if not is_plain(old):
-                release1(px, old)
-            return 0
-        nk = adopt_key(px, k, &flags)
-        if not is_plain(v):
-            try:
-                nv = px.adopt(v)
-            except BaseException:
-                release1(px, nk)
-                raise
-            if is_ref(nv):
-                flags |= HAS_REFS
-        else:
-            nv = v
-        self._acquire()
-        try:
-            self._undo(px)
-            seq = self._next_seq
-            self._next_seq += 1
-            wb = <object>wp if wp != NULL else self._wbucket(b)
-            wb[ekey] = entry3(nk, nv, seq)
-            self._order_add(ekey, seq)
-            self._len += 1
-            self._hflags |= flags
-            while self._len > self._nbuckets() * C_BUCKET_LOAD:
-                self._split_one()
-            self._dirtied(px)
+            else:
+                nk = adopt_key(px, k, &flags)
+                if not is_plain(v):
+                    try:
+                        nv = px.adopt(v)
+                    except BaseException:
+                        release1(px, nk)
+                        raise
+                    if is_ref(nv):
+                        flags |= HAS_REFS
+                else:
+                    nv = v
+                self._undo(px)
+                seq = self._next_seq
+                self._next_seq += 1
+                wb = <object>wp if wp != NULL else self._wbucket(b)
+                wb[ekey] = entry3(nk, nv, seq)
+                self._order_add(ekey, seq)
+                self._len += 1
+                self._hflags |= flags
+                while self._len > self._nbuckets() * C_BUCKET_LOAD:
+                    self._split_one()
+                self._dirtied(px)
+                result = 1
         finally:
-            self._release()
-        return 1
+            self._leave()
+        if old is not None and not is_plain(old):
+            release1(px, old)
+        return result
 
     cdef object _take(self, px, bytes ekey):
-        """Remove ``ekey``; returns its stored (key, value, seq) or None. Caller releases."""
+        """Remove ``ekey``; returns its stored (key, value, seq) or None.  Lock held;
+        the caller releases the references."""
         cdef long long b = self._bno(hash_bytes(ekey))
-        e = self._bucket(b).get(ekey)
-        if e is None:
+        cdef PyObject* p = PyDict_GetItem(self._bucket(b), ekey)
+        if p == NULL:
             return None
-        self._acquire()
-        try:
-            self._undo(px)
-            wb = self._wbucket(b)
-            del wb[ekey]
-            if not wb:
-                self._dbk[b] = None
-            self._len -= 1
-            self._order_remove((<tuple>e)[2])
-            self._dirtied(px)
-        finally:
-            self._release()
+        e = <object>p
+        self._undo(px)
+        wb = self._wbucket(b)
+        del wb[ekey]
+        if not wb:
+            self._dbk[b] = None
+        self._len -= 1
+        self._order_remove((<tuple>e)[2])
+        self._dirtied(px)
         return e
+
+    cdef object _taken(self, px, object e):
+        """(key, value) of a removed entry, resolved; its references released."""
+        key = resolve1(px, (<tuple>e)[0])
+        value = resolve1(px, (<tuple>e)[1])
+        release1(px, (<tuple>e)[0])
+        release1(px, (<tuple>e)[1])
+        return (key, value)
 
     def _w_put(self, k, v, bint replace=True):
         cdef int r = self._fast_put(k, v, replace)
@@ -2436,48 +2642,49 @@ cdef class HashBase(CollectionBase):
         cdef bytes ekey = ekey_of(k, True)
         if ekey is None:
             return None
-        e = self._take(px, ekey)
-        if e is None:
-            return None
-        key = resolve1(px, e[0])
-        value = resolve1(px, e[1])
-        release1(px, e[0])
-        release1(px, e[1])
-        return (key, value)
+        self._enter()
+        try:
+            e = self._take(px, ekey)
+        finally:
+            self._leave()
+        return None if e is None else self._taken(px, e)
 
     def _w_popitem(self):
         """Remove the most recently inserted item; returns (key, value) or None if empty."""
         px = self._wbegin()
         cdef long long s, c
         cdef Py_ssize_t slot
-        if self._len == 0:
-            return None
-        s = self._next_seq - 1
-        while s >= 0:
-            c = s // self._ocs
-            oc = self._ochunk(c)
-            if oc is None:
-                s = c * self._ocs - 1
-                continue
-            slot = s - c * self._ocs
-            if slot < len(oc) and oc[slot] is not None:
-                e = self._take(px, oc[slot])
-                key = resolve1(px, e[0])
-                value = resolve1(px, e[1])
-                release1(px, e[0])
-                release1(px, e[1])
-                return (key, value)
-            s -= 1
-        raise _FormatError(f"collection {self._oid}: order log lost an item")
+        e = None
+        self._enter()
+        try:
+            if self._len == 0:
+                return None
+            s = self._next_seq - 1
+            while s >= 0:
+                c = s // self._ocs
+                oc = self._ochunk(c)
+                if oc is None:
+                    s = c * self._ocs - 1
+                    continue
+                slot = s - c * self._ocs
+                if slot < len(oc) and oc[slot] is not None:
+                    e = self._take(px, oc[slot])
+                    break
+                s -= 1
+        finally:
+            self._leave()
+        if e is None:
+            raise _FormatError(f"collection {self._oid}: order log lost an item")
+        return self._taken(px, e)
 
     def clear(self):
         """Remove every item, releasing the references they held."""
         px = self._wbegin()
-        if self._len == 0:
-            return
         cdef long long b
-        self._acquire()
+        self._enter()
         try:
+            if self._len == 0:
+                return
             self._undo(px)
             self._release_items()
             for b in range(self._nbuckets()):
@@ -2492,7 +2699,7 @@ cdef class HashBase(CollectionBase):
             self._hflags = 0
             self._dirtied(px)
         finally:
-            self._release()
+            self._leave()
 
     cdef void _release_items(self) except *:
         cdef long long b
@@ -2518,7 +2725,7 @@ cdef class HashBase(CollectionBase):
 
     # -- commit protocol -----------------------------------------------------------------------
 
-    def _db0_flush(self, batch):
+    cdef _flush(self, batch):
         px = self._px
         pack = self._codec.pack
         okey = self._okey
@@ -2546,7 +2753,7 @@ cdef class HashBase(CollectionBase):
         self._version += 1
         batch.put("objects", okey, px.codec.pack(self._header()), fresh=fresh)
 
-    def _db0_committed(self):
+    cdef _committed(self):
         px = self._px
         refs = self._hflags & HAS_REFS
         for b, d in self._dbk.items():
@@ -2565,7 +2772,7 @@ cdef class HashBase(CollectionBase):
         self._flushed = {}
         self._is_new = False
 
-    def _db0_release_all(self):
+    cdef _release_all(self):
         self._release_items()
         cdef long long b
         for b in range(self._nbuckets()):
@@ -2590,7 +2797,7 @@ cdef class HashBase(CollectionBase):
                 {b: (None if d is None else dict(d)) for b, d in self._dbk.items()},
                 {c: (None if o is None else list(o)) for c, o in self._dord.items()})
 
-    def _db0_restore(self, token):
+    cdef _restore(self, token):
         self._mod += 1
         if token is None:
             self._loaded = False
@@ -2624,6 +2831,7 @@ cdef class HashBase(CollectionBase):
 cdef class HashIter:
     """Insertion-order iterator over a HashBase (keys, values or items)."""
     cdef HashBase h
+    cdef object px
     cdef int mode
     cdef long long c
     cdef object oc
@@ -2636,40 +2844,69 @@ cdef class HashIter:
 
     def __next__(self):
         cdef HashBase h = self.h
-        cdef object ek, e
         if h is None:
             raise StopIteration
         if h._len != self.start_len:
             self.h = None
             raise RuntimeError(f"{'Set' if h._is_set else 'dictionary'} changed size during iteration")
         h._check()
+        if h._busy == 0:
+            e = self._advance(False)
+            if e is not _MISS:
+                return self._emit(e)
+        h._enter()
+        try:
+            e = self._advance(True)
+        finally:
+            h._leave()
+        return self._emit(e)
+
+    cdef object _advance(self, bint locked):
+        """The next entry; _MISS (state unchanged) if unlocked and a read is needed."""
+        cdef HashBase h = self.h
+        cdef long long c
+        cdef PyObject* p
         while True:
             if self.slot >= self.n:
-                self.c += 1
-                if self.c * h._ocs >= h._next_seq:
+                c = self.c + 1
+                if c * h._ocs >= h._next_seq:
                     self.h = None
                     raise StopIteration
-                self.oc = h._ochunk(self.c)
+                oc = h._ochunk(c) if locked else h._ochunk_nowait(c)
+                if oc is _MISS:
+                    return _MISS
+                if oc is not None and h._dord and PyDict_GetItem(h._dord, c) != NULL:
+                    oc = list(oc)      # pinned: may change under us
+                self.c = c
+                self.oc = oc
                 self.slot = 0
-                self.n = 0 if self.oc is None else len(self.oc)
+                self.n = 0 if oc is None else len(oc)
                 continue
             ek = self.oc[self.slot]
-            self.slot += 1
             if ek is None:
+                self.slot += 1
                 continue
-            e = h._entry(ek)
-            if e is None:
-                continue
-            if self.mode == 0:
-                k = (<tuple>e)[0]
-                return resolve1(h._px, k) if not is_plain(k) else k
-            v = (<tuple>e)[1]
-            if not is_plain(v):
-                v = resolve1(h._px, v)
-            if self.mode == 1:
-                return v
-            k = (<tuple>e)[0]
-            return (resolve1(h._px, k) if not is_plain(k) else k, v)
+            d = h._bucket(h._bno(hash_bytes(ek))) if locked else \
+                h._bucket_nowait(h._bno(hash_bytes(ek)))
+            if d is None:
+                return _MISS
+            p = PyDict_GetItem(d, ek)
+            self.slot += 1
+            if p != NULL:
+                return <object>p
+
+    cdef object _emit(self, object e):
+        k = (<tuple>e)[0]
+        if not is_plain(k):
+            k = resolve1(self.px, k)
+        if self.mode == 0:
+            return k
+        v = (<tuple>e)[1]
+        if not is_plain(v):
+            v = resolve1(self.px, v)
+        if self.mode == 1:
+            return v
+        return (k, v)
 
     def __length_hint__(self):
         return 0 if self.h is None else self.h._len
@@ -2683,13 +2920,10 @@ cdef class DictCore(HashBase):
         cdef bytes ekey = ekey_of(k, True)
         cdef object e = None
         if ekey is not None:
-            e = self._bucket(self._bno(hash_bytes(ekey))).get(ekey)
+            e = self._find_entry(ekey)
         if e is None:
             raise KeyError(k)
-        v = (<tuple>e)[1]
-        if self._hflags & HAS_REFS and not is_plain(v):
-            return resolve1(self._px, v)
-        return v
+        return self._value_out(e)
 
     def get(self, k, default=None):
         """``D[k]`` if k is a key, else ``default``."""
@@ -2697,13 +2931,10 @@ cdef class DictCore(HashBase):
         cdef bytes ekey = ekey_of(k, True)
         if ekey is None:
             return default
-        e = self._bucket(self._bno(hash_bytes(ekey))).get(ekey)
+        e = self._find_entry(ekey)
         if e is None:
             return default
-        v = (<tuple>e)[1]
-        if self._hflags & HAS_REFS and not is_plain(v):
-            return resolve1(self._px, v)
-        return v
+        return self._value_out(e)
 
     def __setitem__(self, k, v):
         if self._fast_put(k, v, True) < 0:

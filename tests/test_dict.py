@@ -376,5 +376,40 @@ class DictMachine(RuleBasedStateMachine):
 
 
 TestDictMachine = DictMachine.TestCase
-TestDictMachine.settings = settings(max_examples=40, stateful_step_count=30, deadline=None,
+TestDictMachine.settings = settings(max_examples=100, stateful_step_count=40, deadline=None,
                                     suppress_health_check=[HealthCheck.too_slow])
+
+
+def test_unreferenced_dict_and_set_are_collected(db):
+    from dbzero.prefix import pack_oid
+    h = Holder()
+    it = Item("in dict")
+    uid = db0.uuid(it)
+    h.d = {i: str(i) for i in range(200)}
+    h.d["item"] = it
+    h.s = set(range(100))
+    del it
+    db0.commit()
+    px = h.d._px
+    oids = [h.d._oid, h.s._oid]
+    assert all(list(px.storage.scan("chunks", pack_oid(o))) for o in oids)
+    h.d = None
+    h.s = None
+    gc.collect()
+    db0.commit()
+    for o in oids:
+        assert list(px.storage.scan("chunks", pack_oid(o))) == []
+        assert px.storage.get("objects", pack_oid(o)) is None
+    assert not db0.exists(uid)
+
+
+def test_memo_keys_and_values_after_reopen(db, root):
+    h = Holder()
+    a, b = Item("a"), Item("b")
+    h.d = {a: b, "x": a}
+    h = reopen(root)
+    (k1, v1), (k2, v2) = h.d.items()
+    assert k1.name == "a" and v1.name == "b" and k2 == "x" and v2 is k1
+    assert db0.getrefcount(k1) == 2 and db0.getrefcount(v1) == 1
+    del h.d[k1]
+    assert db0.getrefcount(k1) == 1 and db0.getrefcount(v1) == 0

@@ -601,7 +601,7 @@ class ListMachine(RuleBasedStateMachine):
 
 
 TestListMachine = ListMachine.TestCase
-TestListMachine.settings = settings(max_examples=40, stateful_step_count=30, deadline=None,
+TestListMachine.settings = settings(max_examples=100, stateful_step_count=40, deadline=None,
                                     suppress_health_check=[HealthCheck.too_slow])
 
 

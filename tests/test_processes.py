@@ -309,6 +309,7 @@ def _fork_child(fn):
     """Run fn() in a forked child; returns its exit status (0 = fn returned normally)."""
     pid = os.fork()
     if pid == 0:
+        signal.alarm(60)                 # never leave a hung child behind
         code = 1
         try:
             fn()
@@ -352,6 +353,7 @@ def test_fork_child_reads_exclusive_prefix_read_only(tmp_path):
     os.environ["DB0_T_R"], os.environ["DB0_T_W"] = str(r2), str(w1)
     pid = os.fork()
     if pid == 0:
+        signal.alarm(60)                 # never leave a hung child behind
         code = 1
         try:
             child()
@@ -361,9 +363,14 @@ def test_fork_child_reads_exclusive_prefix_read_only(tmp_path):
             traceback.print_exc()
         finally:
             os._exit(code)
-    os.read(r1, 1)
-    db0.commit()                          # the parent is still the writer
-    os.write(w2, b"g")
+    os.close(w1)
+    os.close(r2)
+    got = os.read(r1, 1)                  # b"" if the child failed early
+    if got:
+        db0.commit()                      # the parent is still the writer
+        os.write(w2, b"g")
+    os.close(w2)
+    os.close(r1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     x.value = 3
@@ -386,6 +393,7 @@ def test_fork_pool_of_shared_writers(shm_root):
     for _ in range(3):
         pid = os.fork()
         if pid == 0:
+            signal.alarm(60)
             code = 1
             try:
                 work()

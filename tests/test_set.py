@@ -213,5 +213,5 @@ class SetMachine(RuleBasedStateMachine):
 
 
 TestSetMachine = SetMachine.TestCase
-TestSetMachine.settings = settings(max_examples=40, stateful_step_count=30, deadline=None,
+TestSetMachine.settings = settings(max_examples=100, stateful_step_count=40, deadline=None,
                                    suppress_health_check=[HealthCheck.too_slow])

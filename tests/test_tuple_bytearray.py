@@ -307,5 +307,5 @@ class ByteArrayMachine(RuleBasedStateMachine):
 
 
 TestByteArrayMachine = ByteArrayMachine.TestCase
-TestByteArrayMachine.settings = settings(max_examples=40, stateful_step_count=30, deadline=None,
+TestByteArrayMachine.settings = settings(max_examples=80, stateful_step_count=40, deadline=None,
                                          suppress_health_check=[HealthCheck.too_slow])
