@@ -214,22 +214,30 @@ def _advance(px: Prefix, sh: ShareState, storage) -> bool:
     return True
 
 
-def changed_since(storage, after: int, upto: int, skip: Iterable[int] = ()) -> Tuple[Set[int], bool]:
-    """Object ids (objects, collection chunks, index entries) whose stored value some
-    commit in ``(after, upto]`` overwrote, and whether a class record was overwritten."""
-    oids: Set[int] = set()
+def changed_since(storage, after: int, upto: int,
+                  skip: Iterable[int] = ()) -> Tuple[Set[int], Set[int], bool]:
+    """What commits in ``(after, upto]`` overwrote: ids of objects (records, collection
+    chunks, index entries), ids of collections whose chunks changed, and whether a class
+    record changed."""
+    heads: Set[bytes] = set()
+    chunk_heads: Set[bytes] = set()
     classes = False
     skip = set(skip)
     for state in range(after + 1, upto + 1):
         if state in skip:
             continue
         for db_id, key in storage.journal(state):
-            if db_id == _J_OBJECTS or db_id == _J_CHUNKS or db_id == _J_INDEX:
-                if len(key) >= 8:
-                    oids.add(_unpack_oid(key)[0])
+            if db_id == _J_OBJECTS or db_id == _J_INDEX:
+                heads.add(key[:8])
+            elif db_id == _J_CHUNKS:
+                chunk_heads.add(key[:8])
             elif db_id == _J_CLASSES:
                 classes = True
-    return oids, classes
+    heads |= chunk_heads
+    frm = int.from_bytes
+    oids = {frm(h, "big") for h in heads if len(h) == 8}
+    chunk_oids = {frm(h, "big") for h in chunk_heads if len(h) == 8}
+    return oids, chunk_oids, classes
 
 
 def apply_journal(px: Prefix, after: int, upto: int, skip: Iterable[int] = (),
@@ -241,12 +249,16 @@ def apply_journal(px: Prefix, after: int, upto: int, skip: Iterable[int] = (),
     """
     storage = px.storage
     sh = px._share
-    oids, classes = changed_since(storage, after, upto, skip)
+    oids, chunk_oids, classes = changed_since(storage, after, upto, skip)
     dirty = px.dirty
     pending_deletes = px.pending_deletes
-    swept: Set[int] = set()
-    for oid in oids:
-        obj = px.cached(oid)
+    # Read-write prefixes key cached chunks without a version, and the cache outlives the
+    # proxies: drop the changed chunks even of collections no proxy holds right now.
+    swept: Set[int] = set(chunk_oids) if not px.readonly else set()
+    objects = px.objects
+    for oid in [oid for oid in oids if oid in objects]:
+        ref = objects.get(oid)
+        obj = ref() if ref is not None else None
         if obj is None:
             continue
         if not include_dirty and (oid in dirty or oid in pending_deletes):
@@ -261,9 +273,9 @@ def apply_journal(px: Prefix, after: int, upto: int, skip: Iterable[int] = (),
                 raw_dict(obj).clear()
         else:
             obj._db0_invalidate()
-            swept.add(oid)
-    if swept and not px.readonly:
-        # Read-write prefixes key cached chunks without a version: drop the stale ones.
+            if not px.readonly:
+                swept.add(oid)
+    if swept:
         _sweep_chunk_cache(swept)
     entries = _class_entries(storage)
     if classes or (sh is not None and entries != sh.class_entries):
@@ -354,12 +366,16 @@ def merge_classes(px: Prefix) -> bool:
 # -- shared-writer commits ------------------------------------------------------------------------------
 
 def _commit_shared(px: Prefix, storage: SharedStorage, batch) -> int:
+    # Every object we are about to write was read at (or before) the state we are synced
+    # with, so that state is the base of the conflict check: any key of the batch that
+    # another writer wrote after it makes Storage.commit refuse the whole batch.  What
+    # other writers committed meanwhile is caught up with after our commit.
     sh = px._share
-    _advance_if_needed(px, sh, storage)
-    mine = set(px.dirty) | set(px.pending_deletes)
-    doomed = sh.doomed & mine
+    if storage.state != sh.synced:         # the snapshot moved without us (compaction)
+        _advance(px, sh, storage)
+    doomed = sh.doomed and sh.doomed & (set(px.dirty) | set(px.pending_deletes))
     if doomed or sh.doomed_classes:
-        rollback_pending(px)
+        _roll_back_and_catch_up(px, sh, storage)
         what = f"object {px.uuid_of(min(doomed))}" if doomed else "the class table"
         raise errors.ConflictError(f"prefix {px.name}: {what} was changed by another writer "
                                    "since this process read it; pending changes were rolled back")
@@ -368,7 +384,7 @@ def _commit_shared(px: Prefix, storage: SharedStorage, batch) -> int:
     try:
         state = Storage.commit(storage, batch, base_state=base)
     except errors.ConflictError as exc:
-        rollback_pending(px)
+        _roll_back_and_catch_up(px, sh, storage)
         raise errors.ConflictError(f"prefix {px.name}: {exc}; pending changes were rolled back") from None
     except BaseException:
         rollback_pending(px)
@@ -384,9 +400,11 @@ def _commit_shared(px: Prefix, storage: SharedStorage, batch) -> int:
     return state
 
 
-def _advance_if_needed(px: Prefix, sh: ShareState, storage) -> None:
-    if _latest_txnid(storage._env) != sh.txnid or storage.state != sh.synced:
-        _advance(px, sh, storage)
+def _roll_back_and_catch_up(px: Prefix, sh: ShareState, storage) -> None:
+    """After a conflict: drop our changes, then move to the newest state, so that the
+    objects we had changed reload what the other writer committed."""
+    rollback_pending(px)
+    _advance(px, sh, storage)
 
 
 def rollback_pending(px: Prefix) -> None:
@@ -499,8 +517,15 @@ def wait(prefix: str, state: int, timeout_ms: Optional[float] = None) -> bool:
         pause = min(pause * 1.25, 0.0005)
 
 
-async def async_wait(prefix: str, state: int, timeout_ms: Optional[float] = None) -> bool:
-    """``wait`` for asyncio code: polls without blocking the event loop."""
+def async_wait(prefix: str, state: int, timeout_ms: Optional[float] = None):
+    """``wait`` for asyncio code: an ``asyncio.Future`` (call it inside a running event
+    loop; ``await`` it) resolving to True when ``prefix`` reaches ``state``, False on
+    timeout.  Polls every millisecond without blocking the loop."""
+    import asyncio
+    return asyncio.ensure_future(_async_wait(prefix, state, timeout_ms))
+
+
+async def _async_wait(prefix: str, state: int, timeout_ms: Optional[float]) -> bool:
     import asyncio
     ws = workspace.current()
     deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000.0

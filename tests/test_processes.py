@@ -542,3 +542,69 @@ def test_clear_cache_keeps_pending_changes_and_live_proxies(tmp_path):
     db0.init(str(tmp_path), prefix="cc", autocommit=False)
     c = db0.fetch(Counters)
     assert c.by_name["x"].value == 41 and c.items[-1] == 1000 and c.items[0] == -1
+
+
+# -- the multi-worker HTTP example ------------------------------------------------------------------
+
+def test_multiworker_http_example(shm_root):
+    import json
+    import subprocess
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+    from procmodels import REPO_ROOT
+    script = os.path.join(REPO_ROOT, "examples", "multiworker_http.py")
+    proc = subprocess.Popen([sys.executable, script, "--root", shm_root, "--port", "0",
+                             "--workers", "3"], env=child_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("listening on "), proc.stderr.read()
+        url = line.split()[2]
+
+        def hit(_):
+            req = urllib.request.Request(url + "/hit", data=b"", method="POST")
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return json.load(resp)
+
+        with ThreadPoolExecutor(12) as pool:
+            replies = list(pool.map(hit, range(300)))
+        counts = sorted(r["count"] for r in replies)
+        assert counts == list(range(1, 301))               # every increment exactly once
+        assert len({r["worker"] for r in replies}) >= 2    # served by several workers
+        with urllib.request.urlopen(url + "/count", timeout=30) as resp:
+            final = json.load(resp)
+        assert final["count"] == 300
+        assert sum(final["by_worker"].values()) == 300
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    assert proc.returncode == 0, proc.stderr.read()
+
+
+def test_async_wait(tmp_path):
+    import asyncio
+    root = str(tmp_path)
+    _make_pair(root)
+    db0.init(root, refresh_interval=0)
+    db0.open("p", "r")
+    state = db0.get_state_num("p")
+
+    async def main():
+        fut = db0.async_wait("p", state + 1, 5000)
+        assert isinstance(fut, asyncio.Future)
+        assert await db0.async_wait("p", state, 10) is True
+        assert await db0.async_wait("p", state + 5, 20) is False
+        proc = spawn("""
+            import sys, dbzero as db0
+            from procmodels import Pair
+            db0.init(sys.argv[1], prefix="p", autocommit=False)
+            db0.fetch(Pair).a = 1; db0.commit(); db0.close()
+        """, root)
+        ok = await fut
+        proc.communicate(timeout=30)
+        return ok
+
+    assert asyncio.run(main()) is True

@@ -340,3 +340,37 @@ def test_writer_killed_mid_commit_others_continue(shm_root):
     c = db0.fetch(Counters)
     assert c.by_name["w1"].value == c.by_name["w2"].value == 3 * n
 
+
+
+def test_shared_collections_lose_no_update(shm_root):
+    db0.init(shm_root, prefix="w", autocommit=False)
+    c = Counters([])
+    c.seen = []
+    c.last = {}
+    db0.commit()
+    db0.close()
+    code = """
+        import sys, dbzero as db0
+        from procmodels import Counters
+        root, me = sys.argv[1], sys.argv[2]
+        db0.init(root); db0.open("w", "rw", shared=True)
+        c = db0.fetch(Counters)
+        for i in range(150):
+            def step():
+                c.seen.append(f"{me}-{i}")
+                c.last[me] = i
+                if i % 10 == 0:
+                    c.by_name[f"{me}-{i}"] = i      # the dict of Counter objects grows too
+            db0.transaction(step)
+        db0.close()
+    """
+    procs = [spawn(code, shm_root, f"p{i}") for i in range(4)]
+    for proc in procs:
+        _out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    db0.init(shm_root)
+    db0.open("w", "r")
+    c = db0.fetch(Counters)
+    assert sorted(c.seen) == sorted(f"p{p}-{i}" for p in range(4) for i in range(150))
+    assert dict(c.last) == {f"p{p}": 149 for p in range(4)}
+    assert len(c.by_name) == 4 * 15

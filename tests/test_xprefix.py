@@ -187,3 +187,16 @@ def test_failure_before_the_decision_rolls_back_in_process(tmp_path, monkeypatch
     db0.close()
     db0.init(root, prefix="main")
     assert (db0.fetch(A).n, db0.fetch(B).n) == (6, 6)
+
+
+def test_shared_writer_recovers_an_interrupted_commit(tmp_path):
+    root = str(tmp_path)
+    code, _out, _err = run(WRITER, root, "prepared-2", "0", check=False)
+    assert code == -signal.SIGKILL
+    db0.init(root, shared=True)
+    db0.open("xa", "rw")
+    db0.open("xb", "rw")
+    assert (db0.fetch(A).n, db0.fetch(B).n) == (2, 2)
+    assert not any(_markers_open().values())
+    db0.transaction(lambda: setattr(db0.fetch(A), "n", 7))
+    assert db0.fetch(A).n == 7
