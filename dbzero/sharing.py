@@ -20,15 +20,17 @@ their in-memory objects in step with the newest committed state of the prefix:
 Shared writers (several processes writing one prefix) never share the in-memory id
 counter: each process reserves blocks of ids with ``Storage.allocate_ids``.  A commit
 
-1. catches up with the newest state (as above); a *dirty* object of ours that another
-   writer changed in between dooms the commit;
-2. writes its batch with ``Storage.commit(batch, base_state=<the state caught up to>)``,
-   which refuses (ConflictError, nothing written) if any key the batch overwrites was
-   written after that state by someone else;
+1. writes its batch with ``Storage.commit(batch, base_state=<the state this process last
+   caught up with>)``: every object it writes was read at or before that state, so if
+   any key of the batch was written after it by someone else, nothing is written and
+   ConflictError is raised.  (A ``refresh()`` while changes are pending moves that base
+   forward; dirty objects another writer changed meanwhile are then remembered as
+   *doomed* and make the next commit conflict.)
+2. after success, catches up with the other writers' commits around its own (journal);
 3. on a conflict rolls back every pending change of this process in that prefix (dirty
    objects become ghosts of the committed state, objects created since the last commit
-   expire, pending tags / collection / index changes are dropped) and re-raises.
-   No update is ever lost silently.
+   expire, pending tags / collection / index changes are dropped), moves to the newest
+   state and re-raises.  No update is ever lost silently.
 
 ``transaction(fn)`` wraps that into a retry loop.  Autocommit is off for shared writers:
 a conflict must surface in user code, never in a background thread.
@@ -46,6 +48,7 @@ from __future__ import annotations
 import _thread
 import contextlib
 import functools
+import operator
 import os
 import random
 import struct
@@ -55,11 +58,13 @@ import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
 import lmdb
+import msgpack
 
 from . import errors, workspace
 from .prefix import (F_DEAD, F_DIRTY, F_GHOST, F_INIT, F_NEW, F_READONLY, FIRST_USER_CLASS_ID,
                      MemoBase, Prefix, pack_oid, raw_dict)
 from . import prefix as _prefix_mod
+from . import storage as _storage_mod
 from .storage import Storage
 
 # Dirty bits of a memo object: fields changed, or (prefix.py) only its reference count.
@@ -72,9 +77,12 @@ _ID_BLOCK_MAX = 65536
 
 _OID = struct.Struct(">Q")
 _unpack_oid = _OID.unpack_from
+_first = operator.itemgetter(0)
 
 # Journal db ids (storage.VERSIONED_DBS): classes 1, objects 2, chunks 3, index 4.
 _J_CLASSES, _J_OBJECTS, _J_CHUNKS, _J_INDEX = 1, 2, 3, 4
+# Where the journal of state S lives (docs/format.md): history[JOURNAL + S], msgpack.
+_JOURNAL_KEY = getattr(_storage_mod, "JOURNAL", None)
 
 
 class ShareState:
@@ -214,6 +222,17 @@ def _advance(px: Prefix, sh: ShareState, storage) -> bool:
     return True
 
 
+def _journal_entries(storage, state: int):
+    """The journal of ``state`` as [db id, key] pairs (raw msgpack when the format is the
+    one this module knows, which skips building tuples; else Storage.journal)."""
+    if _JOURNAL_KEY is not None:
+        rtxn = getattr(storage, "_rtxn", None)
+        if rtxn is not None:
+            raw = rtxn.get(_JOURNAL_KEY + _OID.pack(state), db=storage._dbs["history"])
+            return msgpack.unpackb(raw) if raw else ()
+    return storage.journal(state)
+
+
 def changed_since(storage, after: int, upto: int,
                   skip: Iterable[int] = ()) -> Tuple[Set[int], Set[int], bool]:
     """What commits in ``(after, upto]`` overwrote: ids of objects (records, collection
@@ -226,18 +245,27 @@ def changed_since(storage, after: int, upto: int,
     for state in range(after + 1, upto + 1):
         if state in skip:
             continue
-        for db_id, key in storage.journal(state):
-            if db_id == _J_OBJECTS or db_id == _J_INDEX:
-                heads.add(key[:8])
-            elif db_id == _J_CHUNKS:
-                chunk_heads.add(key[:8])
-            elif db_id == _J_CLASSES:
-                classes = True
+        entries = _journal_entries(storage, state)
+        if not entries:
+            continue
+        kinds = set(map(_first, entries))
+        if _J_OBJECTS in kinds or _J_INDEX in kinds:
+            heads.update([k[:8] for d, k in entries if d == _J_OBJECTS or d == _J_INDEX])
+        if _J_CHUNKS in kinds:
+            chunk_heads.update([k[:8] for d, k in entries if d == _J_CHUNKS])
+        if _J_CLASSES in kinds:
+            classes = True
     heads |= chunk_heads
-    frm = int.from_bytes
-    oids = {frm(h, "big") for h in heads if len(h) == 8}
-    chunk_oids = {frm(h, "big") for h in chunk_heads if len(h) == 8}
-    return oids, chunk_oids, classes
+    return _ids_of(heads), _ids_of(chunk_heads), classes
+
+
+def _ids_of(heads: Set[bytes]) -> Set[int]:
+    """8-byte big-endian key heads as ints (one C-level unpack)."""
+    try:
+        return set(map(_first, _OID.iter_unpack(b"".join(heads))))
+    except struct.error:        # a key shorter than 8 bytes (not written by dbzero)
+        whole = b"".join(h for h in heads if len(h) == 8)
+        return set(map(_first, _OID.iter_unpack(whole)))
 
 
 def apply_journal(px: Prefix, after: int, upto: int, skip: Iterable[int] = (),
@@ -249,13 +277,22 @@ def apply_journal(px: Prefix, after: int, upto: int, skip: Iterable[int] = (),
     """
     storage = px.storage
     sh = px._share
-    oids, chunk_oids, classes = changed_since(storage, after, upto, skip)
+    objects = px.objects
+    if after < _history_floor(storage):
+        # The journals of some skipped states were pruned (db0.compact): no way to know
+        # what changed, so everything cached is stale.
+        oids, classes = set(objects), True
+        chunk_oids: Set[int] = set()
+        if not px.readonly:
+            from .cache import chunk_cache
+            chunk_cache.clear()
+    else:
+        oids, chunk_oids, classes = changed_since(storage, after, upto, skip)
     dirty = px.dirty
     pending_deletes = px.pending_deletes
     # Read-write prefixes key cached chunks without a version, and the cache outlives the
     # proxies: drop the changed chunks even of collections no proxy holds right now.
     swept: Set[int] = set(chunk_oids) if not px.readonly else set()
-    objects = px.objects
     for oid in [oid for oid in oids if oid in objects]:
         ref = objects.get(oid)
         obj = ref() if ref is not None else None
@@ -286,6 +323,13 @@ def apply_journal(px: Prefix, after: int, upto: int, skip: Iterable[int] = (),
             reload_classes(px)
         if sh is not None:
             sh.class_entries = entries
+
+
+def _history_floor(storage) -> int:
+    try:
+        return storage.history_floor
+    except Exception:
+        return 1
 
 
 def _sweep_chunk_cache(oids: Set[int]) -> None:
@@ -550,11 +594,13 @@ def pause_refresh():
     A refresh the background thread had to skip runs when the outermost block ends.
     """
     ws = workspace.current()
-    ws._db0_refresh_paused = getattr(ws, "_db0_refresh_paused", 0) + 1
+    with ws.lock:
+        ws._db0_refresh_paused = getattr(ws, "_db0_refresh_paused", 0) + 1
     try:
         yield
     finally:
-        ws._db0_refresh_paused -= 1
+        with ws.lock:
+            ws._db0_refresh_paused -= 1
         if not ws._db0_refresh_paused and getattr(ws, "_db0_refresh_wanted", False):
             ws._db0_refresh_wanted = False
             if workspace._workspace is ws:
@@ -817,6 +863,7 @@ def _prepare_child(px: Prefix) -> None:
         px.autocommit = False
     to_readonly = mode == "r"
     px.atomic_log = None
+    from .index import Index
     for oid, ref in list(px.objects.items()):
         obj = ref()
         if obj is None:
@@ -835,6 +882,8 @@ def _prepare_child(px: Prefix) -> None:
             obj._db0_closed = True
             del px.objects[oid]
         else:
+            if isinstance(obj, Index):
+                obj._db0_committed()    # forget the parent's pending entries
             obj._db0_invalidate()
     px.dirty = {}
     px.pending_deletes = {}

@@ -608,3 +608,28 @@ def test_async_wait(tmp_path):
         return ok
 
     assert asyncio.run(main()) is True
+
+
+def test_reader_catches_up_after_history_compaction(tmp_path):
+    root = str(tmp_path)
+    db0.init(root, prefix="h", autocommit=False)
+    Counters(["x", "y"])
+    db0.commit()
+    db0.close()
+    db0.init(root, refresh_interval=0)
+    db0.open("h", "r")
+    c = db0.fetch(Counters)
+    x, y = c.by_name["x"], c.by_name["y"]
+    assert (x.value, y.value) == (0, 0)
+    run("""
+        import sys, dbzero as db0
+        from procmodels import Counters
+        db0.init(sys.argv[1], prefix="h", autocommit=False)
+        c = db0.fetch(Counters)
+        c.by_name["x"].value = 1; db0.commit()
+        c.by_name["y"].value = 2; db0.commit()
+        db0.compact("h")                 # the journals of those states are gone
+        db0.close()
+    """, root)
+    assert db0.refresh() is True
+    assert (x.value, y.value) == (1, 2)
