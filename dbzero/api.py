@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any, Dict, List, NamedTuple, Optional, Type, TypeVar
 
+from dbzero_ext import core as _core
+
 from . import errors, workspace
 from .memo import is_memo, singleton_of
 from .prefix import F_DEAD, F_GHOST, F_INIT, MemoBase, WeakRef
@@ -144,30 +146,15 @@ def uuid(obj: Any) -> str:
 _view = _active_view.get
 
 
-def fetch(identifier: Any, expected_type: Optional[type] = None, prefix: Optional[str] = None) -> Any:
-    """The object with this uuid, or the instance of a singleton class.
-
-    Inside ``with db0.snapshot(...)`` reads come from that snapshot.
-    Raises InvalidUUIDError, ReferenceError (deleted), PrefixNotFoundError,
-    ClassNotFoundError (singleton never created), TypeError (bad argument).
-    """
-    view = _view()
-    if view is not None:
-        return view.fetch(identifier, expected_type, prefix)
-    ws = workspace.current()
+def _fetch_other(ws, identifier: Any, prefix: Optional[str]) -> Any:
     with ws.lock:
-        if type(identifier) is str:
-            # The common case, kept flat: uuid -> prefix -> object.
-            prefix_uuid, oid = ws.parse_uuid(identifier)
-            px = ws.by_uuid.get(prefix_uuid)
-            if px is None or px.closed:
-                px = ws.prefix_by_uuid(prefix_uuid)
-            obj = px.fetch(oid)
-        else:
-            obj = _fetch_live(ws, identifier, prefix)
-    if expected_type is not None and not isinstance(obj, expected_type):
-        raise errors.Error("Object type mismatch")
-    return obj
+        return _fetch_live(ws, identifier, prefix)
+
+
+_core.configure_fetch(_view, _fetch_other)
+# db0.fetch(identifier, expected_type=None, prefix=None): the uuid path runs in C
+# (dbzero_ext/core.pyx); singleton classes and errors come back here.
+fetch = _core.fetch
 
 
 def _fetch_live(ws, identifier: Any, prefix: Optional[str]) -> Any:

@@ -13,10 +13,11 @@ import os
 import sys
 from typing import Any, Callable, Optional, TypeVar, Union, overload
 
-from dbzero_ext import memo as _memo
+from dbzero_ext import core as _core
 
 from . import errors, workspace
-from .prefix import F_DEAD, F_INIT, MemoBase
+from .prefix import COLLECTION_KINDS, MemoBase
+from .storage import Storage
 
 T = TypeVar("T", bound=type)
 
@@ -32,46 +33,6 @@ def _type_id(cls: type, explicit: Optional[str]) -> str:
         path = getattr(main, "__file__", None)
         module = os.path.splitext(os.path.basename(path))[0] if path else "__main__"
     return f"{module}:{cls.__qualname__}"
-
-
-def _memo_new(cls, *args: Any, **kwargs: Any):
-    if "__db0_type_id__" not in cls.__dict__:
-        raise TypeError(f"class {cls.__qualname__} subclasses a memo class but is not decorated "
-                        "with @db0.memo")
-    ws = workspace.current()
-    with ws.lock:
-        px = ws.prefix_for_class(cls)
-        if cls.__db0_singleton__:
-            existing = singleton_of(px, cls)
-            if existing is not None:
-                return existing
-        px.check_writable()
-        return px.create(cls)
-
-
-F_RUNNING_INIT = 256
-
-
-def _make_init(gen: type) -> Callable[..., None]:
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        flags = self._flags
-        if flags & F_RUNNING_INIT:
-            # A memo base class's __init__ reached through super(): just continue the chain.
-            super(gen, self).__init__(*args, **kwargs)
-            return
-        if not (flags & F_INIT):
-            return  # an existing singleton: later constructor calls ignore their arguments
-        self._flags = flags | F_RUNNING_INIT
-        try:
-            super(gen, self).__init__(*args, **kwargs)
-        except BaseException:
-            if not self._flags & F_DEAD:
-                self._px.discard_new(self)
-            raise
-        finally:
-            self._flags &= ~(F_INIT | F_RUNNING_INIT)
-
-    return __init__
 
 
 def _memo_repr(self) -> str:
@@ -90,6 +51,13 @@ def singleton_of(px, cls: type):
         return None
     return px.try_get_object(info.singleton_oid)
 
+
+def _reserve_oids(px):
+    from . import sharing
+    return sharing.reserve_oids(px)
+
+
+_core.configure(errors, COLLECTION_KINDS, _reserve_oids, singleton_of, workspace, Storage)
 
 _MEMO_OPTIONS = {"singleton", "prefix", "no_default_tags", "id"}
 
@@ -140,13 +108,15 @@ def _make_memo_class(user_cls: type, *, singleton: bool = False, prefix: Optiona
         "__db0_prefix__": workspace.normalize_prefix_name(prefix) if prefix is not None else None,
         "__db0_no_default_tags__": bool(no_default_tags),
         "__db0_memo_bases__": memo_bases,
-        "__new__": _memo_new,
+        "__new__": staticmethod(_core.memo_new),
+        "__db0_owner__": None,
         "__hash__": MemoBase.__hash__,
     }
     if user_cls.__repr__ is object.__repr__:
         namespace["__repr__"] = _memo_repr
     new_cls = type(user_cls)(user_cls.__name__, bases, namespace)
-    new_cls.__init__ = _make_init(new_cls)
+    new_cls.__db0_owner__ = new_cls
+    new_cls.__init__ = _core.make_init(new_cls)
     workspace.register_memo_class(new_cls)
     return new_cls
 

@@ -17,19 +17,17 @@ Life cycle of a persistent object (memo object or collection) inside a prefix::
 from __future__ import annotations
 
 import struct
-import sys
-import threading
 import weakref
 from typing import Any, Dict, Iterable, List, Optional, Set
 
 from dbzero_ext import memo as _memo
 from dbzero_ext.codec import ABSENT, EXT_CODES, Codec
+from dbzero_ext.core import ClassInfo, PrefixCore, RCDIRTY
 
 from . import errors
 from .storage import Storage, WriteBatch
 
 _OID = struct.Struct(">Q")
-_wref = weakref.ref
 _REF = struct.Struct(">QI")
 _CLS = struct.Struct(">I")
 pack_oid = _OID.pack
@@ -41,7 +39,7 @@ F_GHOST, F_DIRTY, F_NEW, F_DEAD = _memo.GHOST, _memo.DIRTY, _memo.NEW, _memo.DEA
 F_READONLY, F_INIT, F_CLOSED, F_TRACKED = _memo.READONLY, _memo.INIT, _memo.CLOSED, _memo.TRACKED
 # Only the reference count changed: the record is rewritten in place at commit, keeping its
 # write state and writing no history (fields are what time travel and change queries see).
-F_RCDIRTY = 512
+F_RCDIRTY = RCDIRTY
 
 MemoBase = _memo.MemoBase
 raw_dict = _memo.raw_dict
@@ -53,37 +51,6 @@ COLLECTION_KINDS: Dict[int, type] = {}
 
 def register_collection_kind(kind: int, cls: type) -> None:
     COLLECTION_KINDS[kind] = cls
-
-
-class ClassInfo:
-    """What a prefix knows about one stored class: its id, name and field layout."""
-
-    __slots__ = ("class_id", "name", "fields", "field_index", "cls", "singleton_oid",
-                 "base_ids", "dirty")
-
-    def __init__(self, class_id: int, name: str, fields: List[str], cls: Optional[type],
-                 singleton_oid: int = 0, base_ids: Optional[List[int]] = None) -> None:
-        self.class_id = class_id
-        self.name = name
-        self.fields = fields
-        self.field_index = {f: i for i, f in enumerate(fields)}
-        self.cls = cls
-        self.singleton_oid = singleton_oid
-        self.base_ids = base_ids or []
-        self.dirty = False
-
-    def slot_of(self, field: str) -> int:
-        idx = self.field_index.get(field)
-        if idx is None:
-            idx = len(self.fields)
-            self.fields.append(field)
-            self.field_index[field] = idx
-            self.dirty = True
-        return idx
-
-    def record(self) -> Dict[str, Any]:
-        return {"name": self.name, "fields": self.fields, "singleton": self.singleton_oid,
-                "bases": self.base_ids}
 
 
 class WeakRef:
@@ -200,8 +167,12 @@ class TagStore:
         return bool(self.pending)
 
 
-class Prefix:
-    """An open prefix: storage, identity map, dirty objects, classes and tags."""
+class Prefix(PrefixCore):
+    """An open prefix: storage, identity map, dirty objects, classes and tags.
+
+    The per-object hot paths (identity map, create, fetch, reference counts, packing
+    records) are inherited from :class:`dbzero_ext.core.PrefixCore`.
+    """
 
     def __init__(self, workspace, name: str, storage: Storage, *, readonly: bool,
                  autocommit: bool) -> None:
@@ -300,142 +271,6 @@ class Prefix:
     def uuid_of(self, oid: int) -> str:
         return self.workspace.format_uuid(self.uuid, oid)
 
-    def register(self, obj: Any) -> None:
-        """Put ``obj`` in the identity map (weakly).
-
-        Most objects are registered with a plain weak reference (CPython shares one per
-        object, no callback); dead entries are swept when the map has doubled.  Only
-        objects whose reference count is 0 - candidates for collection - are *tracked*
-        with a callback, so that dropping their last proxy schedules them for deletion.
-        """
-        objects = self.objects
-        objects[obj._oid] = _wref(obj)
-        if len(objects) > self._sweep_at:
-            self._sweep()
-
-    def track(self, obj: Any) -> None:
-        """Register ``obj`` so that its death is noticed (reference count 0 objects)."""
-        oid = obj._oid
-        ref = _wref(obj, self._on_proxy_dead)
-        self.objects[oid] = ref
-        self._ref_oid[id(ref)] = oid
-
-    def _sweep(self) -> None:
-        objects = self.objects
-        for oid in [oid for oid, ref in objects.items() if ref() is None]:
-            del objects[oid]
-        self._sweep_at = max(4096, 2 * len(objects))
-
-    def _on_proxy_dead(self, ref: weakref.ref) -> None:
-        oid = self._ref_oid.pop(id(ref), None)
-        if oid is None:
-            return
-        if self.objects.get(oid) is ref:
-            del self.objects[oid]
-        if oid in self.zero_rc:
-            self.gc_candidates.add(oid)
-
-    def cached(self, oid: int) -> Any:
-        ref = self.objects.get(oid)
-        return ref() if ref is not None else None
-
-    def get_object(self, oid: int, class_id: int) -> Any:
-        """The proxy for ``oid`` (a ghost if it is not loaded yet)."""
-        ref = self.objects.get(oid)
-        if ref is not None:
-            obj = ref()
-            if obj is not None:
-                return obj
-        if class_id < FIRST_USER_CLASS_ID:
-            obj = COLLECTION_KINDS[class_id]._db0_ghost(self, oid)
-        else:
-            cls = self.class_by_id(class_id).cls
-            obj = MemoBase.__new__(cls)
-            obj._px = self
-            obj._oid = oid
-            obj._flags = F_GHOST | (F_READONLY if self.readonly else 0)
-        self.register(obj)
-        return obj
-
-    def try_get_object(self, oid: int, class_id: Optional[int] = None) -> Any:
-        """The object if it exists (loaded or stored), else None.  Kept flat: it is the
-        path of every ``db0.fetch``."""
-        ref = self.objects.get(oid)
-        if ref is not None:
-            obj = ref()
-            if obj is not None:
-                return None if obj._flags & F_DEAD else obj
-        if oid in self.pending_deletes:
-            return None
-        raw = self.storage.get("objects", pack_oid(oid))
-        if raw is None:
-            return None
-        rec = self.codec.unpack(raw)
-        class_id = rec[0]
-        if class_id < FIRST_USER_CLASS_ID:
-            obj = COLLECTION_KINDS[class_id]._db0_ghost(self, oid)
-            self.register(obj)
-            return obj
-        ref = self.objects.get(oid)     # decoding may have made a ghost (self-reference)
-        obj = ref() if ref is not None else None
-        if obj is None:
-            info = self._classes_by_id.get(class_id)
-            if info is None or info.cls is None:
-                info = self.class_by_id(class_id)
-            obj = _memo.new_object(info.cls, self, oid, F_GHOST | (F_READONLY if self.readonly else 0))
-            self.register(obj)
-        if obj._flags & F_GHOST:
-            self._fill(obj, rec)
-        return obj
-
-    def fetch(self, oid: int) -> Any:
-        """The object with id ``oid``; ReferenceError if it does not exist (any more)."""
-        ref = self.objects.get(oid)
-        obj = ref() if ref is not None else None
-        if obj is None:
-            obj = self.try_get_object(oid)
-        elif obj._flags & F_DEAD:
-            obj = None
-        if obj is None:
-            raise errors.ReferenceError(f"object {self.uuid_of(oid)} not found in prefix {self.name} "
-                                        "(deleted or never committed)")
-        return obj
-
-    def _materialize(self, oid: int, raw: bytes) -> Any:
-        rec = self.codec.unpack(raw)
-        class_id = rec[0]
-        if class_id < FIRST_USER_CLASS_ID:
-            obj = COLLECTION_KINDS[class_id]._db0_ghost(self, oid)
-            self.register(obj)
-            return obj
-        obj = self.get_object(oid, class_id)
-        if obj._flags & F_GHOST:
-            self._fill(obj, rec)
-        return obj
-
-    def load_into(self, obj: Any) -> None:
-        """Decode the stored record of a ghost into its ``__dict__``."""
-        with self.lock:
-            if not obj._flags & F_GHOST:
-                return
-            if self.closed:
-                obj._flags |= F_CLOSED
-                raise errors.ObjectClosedError("Object is no longer accessible")
-            raw = self.storage.get("objects", pack_oid(obj._oid))
-            if raw is None:
-                obj._flags = (obj._flags | F_DEAD) & ~F_GHOST
-                raise errors.ReferenceError("Memo instance expired")
-            self._fill(obj, self.codec.unpack(raw))
-
-    def _fill(self, obj: Any, rec: list) -> None:
-        info = self.class_by_id(rec[0])
-        _memo.fill_record(obj, info.fields, rec)
-        if rec[1] == 0 and not info.singleton_oid == obj._oid and not self.shared:
-            # (Shared writers collect only what they created or released themselves: a
-            # count-0 object loaded here may be held by the process that created it.)
-            self.zero_rc.add(obj._oid)
-            self.track(obj)
-
     # -- references inside records ---------------------------------------------------
 
     def _ref_of(self, value: Any):
@@ -499,37 +334,6 @@ class Prefix:
             if value._px is self:
                 self.decref(value)
 
-    def incref(self, obj: Any) -> None:
-        if obj._px is not self:
-            return
-        if isinstance(obj, MemoBase):
-            if obj._flags & F_GHOST:
-                self.load_into(obj)
-            self.log_undo(obj)
-            obj._rc += 1
-            self.zero_rc.discard(obj._oid)
-            self._mark_rc_dirty(obj)
-        else:
-            obj._db0_incref()
-
-    def decref(self, obj: Any) -> None:
-        if obj._px is not self:
-            return
-        if isinstance(obj, MemoBase):
-            if obj._flags & (F_GHOST | F_DEAD):
-                if obj._flags & F_DEAD:
-                    return
-                self.load_into(obj)
-            self.log_undo(obj)
-            obj._rc -= 1
-            if obj._rc <= 0 and not self._is_singleton(obj):
-                self.zero_rc.add(obj._oid)
-                self.gc_candidates.add(obj._oid)
-                self.track(obj)
-            self._mark_rc_dirty(obj)
-        else:
-            obj._db0_decref()
-
     def note_zero(self, oid: int) -> None:
         """A collection's count reached zero: collect it once Python lets go."""
         self.zero_rc.add(oid)
@@ -547,17 +351,6 @@ class Prefix:
             raise errors.ObjectClosedError(f"prefix {self.name} is closed")
 
     def note_change(self) -> None:
-        self.changed = True
-
-    def mark_dirty(self, obj: Any) -> None:
-        if isinstance(obj, MemoBase):
-            obj._flags |= F_DIRTY
-        self.dirty[obj._oid] = obj
-        self.changed = True
-
-    def _mark_rc_dirty(self, obj: Any) -> None:
-        obj._flags |= F_RCDIRTY
-        self.dirty[obj._oid] = obj
         self.changed = True
 
     def log_undo(self, obj: Any) -> None:
@@ -611,37 +404,6 @@ class Prefix:
             raise errors.ReadOnlyError(f"Cannot modify read-only prefix: {self.name}")
 
     # -- creating and deleting memo objects -------------------------------------------
-
-    def create(self, cls: type) -> Any:
-        """A new, empty memo object of ``cls`` (its __init__ has not run yet)."""
-        if self.readonly or self.closed:
-            self.check_writable()
-        info = self._info_by_cls.get(cls)
-        if info is None:
-            info = self._info_by_cls[cls] = self.class_info(cls)
-        oid = self._next_oid
-        if oid >= self._oid_limit:
-            oid = _sharing().reserve_oids(self)
-        self._next_oid = oid + 1
-        obj = _memo.new_object(cls, self, oid, F_NEW | F_INIT | F_DIRTY)
-        self.register(obj)
-        self.dirty[oid] = obj
-        self.changed = True
-        if not cls.__db0_singleton__:
-            self.zero_rc.add(oid)
-        else:
-            info.singleton_oid = oid
-            info.dirty = True
-        if not cls.__db0_no_default_tags__:
-            tags = self._class_tags.get(cls)
-            if tags is None:
-                tags = self._class_tags[cls] = self.workspace.class_tags(self, cls)
-            add = self.tags.add_to_new
-            for tag in tags:
-                add(oid, tag)
-        if self.atomic_log is not None:
-            self.atomic_log.created(obj)
-        return obj
 
     def rehome(self, obj: Any, target: "Prefix") -> None:
         """Move an object under construction (no fields yet) to another prefix."""
@@ -707,26 +469,17 @@ class Prefix:
             self.pending_deletes[oid] = obj
         self.changed = True
 
-    def _held_outside(self, oid: int) -> bool:
-        ref = self.objects.get(oid)
-        obj = ref() if ref is not None else None
-        if obj is None:
-            return False
-        # References we hold ourselves: the local name, getrefcount's argument, the dirty pin.
-        internal = 2 + (oid in self.dirty)
-        return sys.getrefcount(obj) > internal
-
     def collect_garbage(self, everything: bool = False) -> None:
         """Delete unreachable objects (count 0, not held by Python unless ``everything``)."""
         zero_rc = self.zero_rc
         candidates = set(zero_rc) if everything else \
             self.gc_candidates | {oid for oid in self.dirty if oid in zero_rc}
         self.gc_candidates = set()
+        if not everything:
+            candidates = set(self.unheld(candidates))
         while candidates:
             oid = candidates.pop()
             if oid not in self.zero_rc:
-                continue
-            if not everything and self._held_outside(oid):
                 continue
             obj = self.cached(oid)
             if obj is None:
@@ -739,8 +492,10 @@ class Prefix:
                 continue
             self.delete_object(obj, force=True)
             del obj
-            candidates |= self.gc_candidates
-            self.gc_candidates = set()
+            if self.gc_candidates:
+                more = self.gc_candidates
+                candidates |= set(more if everything else self.unheld(more))
+                self.gc_candidates = set()
 
     # -- commit ------------------------------------------------------------------------
 
@@ -756,27 +511,7 @@ class Prefix:
         if not (self.dirty or self.pending_deletes or self.tags or self.changed):
             return False
         batch = WriteBatch()
-        pack = self.codec.pack
-        dirty = self.dirty
-        objects = batch.puts.setdefault("objects", {})
-        fresh = batch.fresh
-        record_of = _memo.record_of
-        info_of = self._info_by_cls
-        for oid, obj in dirty.items():
-            if isinstance(obj, MemoBase):
-                cls = type(obj)
-                info = info_of.get(cls)
-                if info is None:
-                    info = info_of[cls] = self.class_info(cls)
-                key = pack_oid(oid)
-                objects[key] = pack(record_of(obj, info))
-                flags = obj._flags
-                if flags & F_NEW:
-                    fresh.add(("objects", key))
-                elif not flags & F_DIRTY and self.in_place_refcounts:
-                    batch.in_place.add(key)
-            else:
-                obj._db0_flush(batch)
+        self.pack_dirty(batch)
         for oid, obj in self.pending_deletes.items():
             batch.delete("objects", pack_oid(oid))
             if not isinstance(obj, MemoBase):
@@ -792,18 +527,7 @@ class Prefix:
         self.storage.commit(batch)
         for info in self._classes_by_id.values():
             info.dirty = False
-        zero_rc = self.zero_rc
-        ref_oid = self._ref_oid
-        for oid, obj in dirty.items():
-            if isinstance(obj, MemoBase):
-                obj._flags &= ~(F_DIRTY | F_NEW | F_RCDIRTY)
-            else:
-                obj._db0_committed()
-            if oid in zero_rc and id(self.objects.get(oid)) not in ref_oid:
-                self.track(obj)
-        self.dirty = {}
-        self.pending_deletes = {}
-        self.changed = False
+        self.after_commit()
         return True
 
     @property

@@ -29,6 +29,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import lmdb
 import msgpack
 
+from dbzero_ext.core import with_header
 from dbzero_ext.postings import IdSet
 
 from .errors import ConflictError, FormatError, PrefixLockedError, PrefixNotFoundError, StorageError
@@ -100,7 +101,7 @@ class WriteBatch:
     Keys in ``fresh`` are known not to exist yet, which skips the history lookup.
     """
 
-    __slots__ = ("puts", "dups", "meta", "fresh", "in_place")
+    __slots__ = ("puts", "dups", "meta", "fresh", "in_place", "fresh_objects")
 
     def __init__(self) -> None:
         self.puts: Dict[str, Dict[bytes, Optional[bytes]]] = {}
@@ -108,6 +109,8 @@ class WriteBatch:
         self.meta: Dict[bytes, bytes] = {}
         self.fresh: set = set()
         self.in_place: set = set()   # object keys rewritten keeping their write state
+        # (key, value) of objects created since the last commit, in id order: no history.
+        self.fresh_objects: List[Tuple[bytes, bytes]] = []
 
     def put(self, db: str, key: bytes, value: Optional[bytes], fresh: bool = False) -> None:
         self.puts.setdefault(db, {})[key] = value
@@ -122,7 +125,7 @@ class WriteBatch:
         self.dups.setdefault(db, []).append((key, value, add))
 
     def __bool__(self) -> bool:
-        return bool(self.puts or self.dups or self.meta)
+        return bool(self.puts or self.dups or self.meta or self.fresh_objects)
 
 
 def history_key(db_id: int, key: bytes, state: int) -> bytes:
@@ -238,6 +241,7 @@ class Storage:
             raise FormatError(f"{self.path}: unsupported format version {found} "
                               f"(this dbzero reads version {FORMAT_VERSION})")
         self.prefix_uuid: bytes = self._rtxn.get(b"uuid", db=self._dbs["meta"])
+        self._objects_db = self._dbs["objects"]     # read directly by dbzero_ext/core.pyx
 
     def _abandon_after_fork(self) -> None:
         # The inherited objects must never be deallocated in the child: freeing the read
@@ -427,6 +431,9 @@ class Storage:
             id_floor = txn.get(b"next_oid", db=meta)
             journal: List[Tuple[int, bytes]] = []
             fresh = batch.fresh
+            if batch.fresh_objects:
+                self._put_many(txn, dbs["objects"], with_header(header, batch.fresh_objects),
+                               dupdata=False)
             for name, ops in batch.puts.items():
                 db, db_id = dbs[name], VERSIONED_DBS[name]
                 new_items = []

@@ -20,6 +20,21 @@ from cpython.object cimport PyObject, PyObject_GenericGetAttr, PyObject_GenericS
 
 cdef extern from "Python.h":
     PyObject* _PyType_Lookup(PyTypeObject *type, object name)
+    PyObject** _PyObject_GetDictPtr(object o)
+    long long PyLong_AsLongLongAndOverflow(object o, int* overflow) except? -1
+
+
+cdef inline dict _instance_dict(object obj):
+    cdef PyObject** slot = _PyObject_GetDictPtr(obj)
+    if slot is not NULL and slot[0] is not NULL:
+        return <dict>slot[0]
+    return <dict>PyObject_GenericGetAttr(obj, "__dict__")
+
+
+cdef inline bint _is_int64(object value):
+    cdef int overflow = 0
+    PyLong_AsLongLongAndOverflow(value, &overflow)
+    return overflow == 0
 
 # Flag bits (mirrored in dbzero/prefix.py).
 cdef enum:
@@ -82,10 +97,7 @@ cdef inline bint _is_data_descriptor(object obj, object name):
 cdef class MemoBase:
     """Base class of all memo objects (and the class of objects whose class is unknown)."""
 
-    cdef public object _px
-    cdef public unsigned long long _oid
-    cdef public int _flags
-    cdef public long long _rc
+    # Fields (_px, _oid, _flags, _rc) are declared in memo.pxd.
     # No `cdef dict __dict__` here: Cython's dealloc would clear the dict's contents,
     # breaking `vars(fetch(uid))` on a temporary.  The Python subclass built by the
     # decorator owns a normal instance dict and weakref slot instead.
@@ -107,8 +119,8 @@ cdef class MemoBase:
             PyObject_GenericSetAttr(self, name, value)
             return
         if not (self._flags & F_SLOW_WRITE) and not _tracking:
-            if type(value) in _PLAIN or (type(value) is int and -0x8000000000000000 <= value <= 0x7FFFFFFFFFFFFFFF):
-                d = <dict>PyObject_GenericGetAttr(self, "__dict__")
+            if type(value) in _PLAIN or (type(value) is int and _is_int64(value)):
+                d = _instance_dict(self)
                 old = d.get(name, d)
                 if old is d or type(old) in _PLAIN or type(old) is int:
                     d[name] = value
@@ -152,57 +164,8 @@ cdef _slow_access(MemoBase self, name):
 
 def raw_dict(MemoBase obj):
     """The instance dict without triggering a load (for the engine only)."""
-    return PyObject_GenericGetAttr(obj, "__dict__")
+    return _instance_dict(obj)
 
 
 def is_memo_instance(obj):
     return isinstance(obj, MemoBase)
-
-
-from dbzero_ext.codec import ABSENT as _ABSENT
-
-
-def new_object(type cls, px, unsigned long long oid, int flags):
-    """Allocate a memo instance of ``cls`` bound to prefix ``px`` (no __init__ run)."""
-    cdef MemoBase obj = MemoBase.__new__(cls)
-    obj._px = px
-    obj._oid = oid
-    obj._flags = flags
-    obj._rc = 0
-    return obj
-
-
-def record_of(MemoBase obj, info):
-    """The stored record ``[class_id, refcount, slot...]`` of a memo object.
-
-    Slots follow the class's field layout; names not in the layout yet extend it.
-    """
-    cdef dict d = <dict>PyObject_GenericGetAttr(obj, "__dict__")
-    cdef dict index = info.field_index
-    cdef list slots = [_ABSENT] * (len(info.fields) + 2)
-    cdef Py_ssize_t idx
-    slots[0] = info.class_id
-    slots[1] = obj._rc
-    for name, value in d.items():
-        found = index.get(name)
-        if found is None:
-            found = info.slot_of(name)
-        idx = <Py_ssize_t>found + 2
-        while len(slots) <= idx:
-            slots.append(_ABSENT)
-        slots[idx] = value
-    while len(slots) > 2 and slots[len(slots) - 1] is _ABSENT:
-        slots.pop()
-    return slots
-
-
-def fill_record(MemoBase obj, list fields, list rec):
-    """Decode a stored record into the instance dict; clears the ghost flag."""
-    cdef dict d = <dict>PyObject_GenericGetAttr(obj, "__dict__")
-    cdef Py_ssize_t i, n = len(rec)
-    for i in range(2, n):
-        value = rec[i]
-        if value is not _ABSENT:
-            d[fields[i - 2]] = value
-    obj._rc = rec[1]
-    obj._flags &= ~F_GHOST

@@ -1,0 +1,679 @@
+# cython: language_level=3
+"""The per-object hot paths of a prefix, in C.
+
+``dbzero.prefix.Prefix`` subclasses :class:`PrefixCore`; everything that runs once per
+object on the common paths lives here: the identity map (register, track, cached),
+creating a memo object (``memo_new`` and the generated ``__init__``), fetching and
+loading records, reference counts, and packing dirty records at commit.  The rest of a
+prefix (classes, deletes, garbage collection policy, refresh, close) stays in Python.
+
+The fields declared below are the prefix's state; Python code reads and assigns them as
+ordinary attributes.
+"""
+
+from cpython.object cimport PyObject
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
+from cpython.weakref cimport PyWeakref_NewRef, PyWeakref_GetObject
+
+from dbzero_ext.memo cimport MemoBase
+from dbzero_ext.codec import ABSENT as _ABSENT
+from dbzero_ext.codec import decode_uuid as _decode_uuid
+
+include "records.pxi"
+
+cdef extern from "Python.h":
+    Py_ssize_t Py_REFCNT(object o)
+    PyObject** _PyObject_GetDictPtr(object o)
+    object PyObject_GenericGetAttr(object o, object name)
+
+
+cdef inline dict _dict_of(object obj):
+    """The instance dict of a memo object, bypassing MemoBase.__getattribute__ (which would
+    load a ghost)."""
+    cdef PyObject** slot = _PyObject_GetDictPtr(obj)
+    if slot is not NULL and slot[0] is not NULL:
+        return <dict>slot[0]
+    return <dict>PyObject_GenericGetAttr(obj, "__dict__")
+
+# Flag bits: dbzero_ext/memo.pyx defines 1..128; these two are engine-only.
+cdef enum:
+    F_GHOST = 1
+    F_DIRTY = 2
+    F_NEW = 4
+    F_DEAD = 8
+    F_READONLY = 16
+    F_INIT = 32
+    F_CLOSED = 64
+    F_RUNNING_INIT = 256
+    F_RCDIRTY = 512     # only the reference count changed (record rewritten in place)
+
+RUNNING_INIT = F_RUNNING_INIT
+RCDIRTY = F_RCDIRTY
+
+DEF FIRST_USER_CLASS_ID = 16
+
+# Installed by dbzero.prefix / dbzero.workspace (avoids import cycles).
+cdef object _errors = None
+cdef dict _collection_kinds = None
+cdef object _reserve_oids = None
+cdef object _singleton_of = None
+cdef object _ws_module = None
+cdef object _storage_type = None     # live storage: objects are read with one txn.get
+
+
+def configure(errors, collection_kinds, reserve_oids, singleton_of, ws_module, storage_type):
+    global _errors, _collection_kinds, _reserve_oids, _singleton_of, _ws_module, _storage_type
+    _errors = errors
+    _collection_kinds = collection_kinds
+    _reserve_oids = reserve_oids
+    _singleton_of = singleton_of
+    _ws_module = ws_module
+    _storage_type = storage_type
+
+
+cdef inline bytes _pack_oid(unsigned long long oid):
+    cdef char buf[8]
+    cdef int i
+    for i in range(8):
+        buf[i] = <char>((oid >> (56 - 8 * i)) & 0xFF)
+    return PyBytes_FromStringAndSize(buf, 8)
+
+
+def pack_oid(unsigned long long oid):
+    """8-byte big-endian key of an object id."""
+    return _pack_oid(oid)
+
+
+cdef class ClassInfo:
+    """What a prefix knows about one stored class: its id, name and field layout."""
+
+    cdef public int class_id
+    cdef public str name
+    cdef public list fields
+    cdef public dict field_index
+    cdef public object cls
+    cdef public object singleton_oid
+    cdef public list base_ids
+    cdef public bint dirty
+
+    def __init__(self, int class_id, str name, list fields, cls, singleton_oid=0, base_ids=None):
+        self.class_id = class_id
+        self.name = name
+        self.fields = fields
+        self.field_index = {f: i for i, f in enumerate(fields)}
+        self.cls = cls
+        self.singleton_oid = singleton_oid
+        self.base_ids = list(base_ids) if base_ids else []
+        self.dirty = False
+
+    cpdef Py_ssize_t slot_of(self, field) except -1:
+        cdef PyObject* found = PyDict_GetItem(self.field_index, field)
+        if found is not NULL:
+            return <Py_ssize_t><object>found
+        idx = len(self.fields)
+        self.fields.append(field)
+        self.field_index[field] = idx
+        self.dirty = True
+        return idx
+
+    def record(self):
+        return {"name": self.name, "fields": self.fields, "singleton": self.singleton_oid,
+                "bases": self.base_ids}
+
+
+cdef list _record_of(MemoBase obj, ClassInfo info):
+    """The stored record ``[class_id, refcount, slot...]`` of a memo object."""
+    cdef dict d = _dict_of(obj)
+    cdef dict index = info.field_index
+    cdef Py_ssize_t nslots = len(info.fields) + 2
+    cdef list slots = [_ABSENT] * nslots
+    cdef Py_ssize_t idx, top = 1
+    cdef PyObject* found
+    slots[0] = info.class_id
+    slots[1] = obj._rc
+    for name, value in d.items():
+        found = PyDict_GetItem(index, name)
+        idx = (<Py_ssize_t><object>found if found is not NULL else info.slot_of(name)) + 2
+        while idx >= nslots:
+            slots.append(_ABSENT)
+            nslots += 1
+        slots[idx] = value
+        if idx > top:
+            top = idx
+    if top + 1 < nslots:
+        del slots[top + 1:]
+    return slots
+
+
+def record_of(MemoBase obj, ClassInfo info):
+    return _record_of(obj, info)
+
+
+cdef class _ClassPlan:
+    """What creating an instance of a memo class needs to know (read once per class)."""
+    cdef object prefix_name
+    cdef bint singleton
+    cdef bint no_default_tags
+
+
+cdef dict _plans = {}     # memo class -> _ClassPlan (classes stay registered for the process)
+
+
+cdef _ClassPlan _plan_of(type cls):
+    cdef PyObject* found = PyDict_GetItem(_plans, cls)
+    if found is not NULL:
+        return <_ClassPlan>found
+    if getattr(cls, "__db0_owner__", None) is not cls:
+        raise TypeError(f"class {cls.__qualname__} subclasses a memo class but is not decorated "
+                        "with @db0.memo")
+    cdef _ClassPlan plan = _ClassPlan.__new__(_ClassPlan)
+    plan.prefix_name = cls.__db0_prefix__
+    plan.singleton = cls.__db0_singleton__
+    plan.no_default_tags = cls.__db0_no_default_tags__
+    _plans[cls] = plan
+    return plan
+
+
+cdef class PrefixCore:
+    """State and per-object operations of an open prefix (see dbzero.prefix.Prefix)."""
+
+    cdef public dict objects            # oid -> weakref of the proxy (identity map)
+    cdef public dict dirty              # oid -> object changed since the last commit (pinned)
+    cdef public dict pending_deletes    # oid -> object deleted since the last commit
+    cdef public dict _ref_oid           # id(tracking weakref) -> oid
+    cdef public dict _info_by_cls       # memo class -> ClassInfo
+    cdef public dict _classes_by_id     # class id -> ClassInfo
+    cdef public dict _class_tags        # memo class -> its default tag keys
+    cdef public set zero_rc             # oids whose persistent reference count is 0
+    cdef public set gc_candidates       # zero_rc oids whose last proxy may be gone
+    cdef public unsigned long long _next_oid
+    cdef public unsigned long long _oid_limit
+    cdef public Py_ssize_t _sweep_at
+    cdef public bint readonly, closed, changed, shared, in_place_refcounts
+    cdef public object storage, codec, tags, atomic_log, workspace, lock, name, uuid
+    cdef public object storage_key, snapshot
+    cdef object _dead_callback
+    cdef object _ext_hook
+
+    # -- identity map ----------------------------------------------------------------
+
+    cdef inline _register(self, unsigned long long oid, obj):
+        cdef dict objects = self.objects
+        objects[oid] = PyWeakref_NewRef(obj, None)
+        if len(objects) > self._sweep_at:
+            self._sweep()
+
+    def register(self, obj):
+        """Put ``obj`` in the identity map (weakly, no callback; dead entries are swept
+        when the map has doubled).  Reference-count-0 objects are ``track``-ed instead."""
+        self._register(obj._oid, obj)
+
+    def track(self, obj):
+        """Register ``obj`` so that its death is noticed (reference count 0 objects)."""
+        self._track(obj)
+
+    cdef _track(self, obj):
+        if self._dead_callback is None:
+            self._dead_callback = self._on_proxy_dead
+        oid = obj._oid
+        ref = PyWeakref_NewRef(obj, self._dead_callback)
+        self.objects[oid] = ref
+        self._ref_oid[<size_t><PyObject*>ref] = oid
+
+    def is_tracked(self, oid):
+        ref = self.objects.get(oid)
+        return ref is not None and (<size_t><PyObject*>ref) in self._ref_oid
+
+    def _sweep(self):
+        cdef dict objects = self.objects
+        dead = [oid for oid, ref in objects.items() if PyWeakref_GetObject(ref) == <PyObject*>None]
+        for oid in dead:
+            del objects[oid]
+        self._sweep_at = max(4096, 2 * len(objects))
+
+    def _on_proxy_dead(self, ref):
+        oid = self._ref_oid.pop(<size_t><PyObject*>ref, None)
+        if oid is None:
+            return
+        if self.objects.get(oid) is ref:
+            del self.objects[oid]
+        if oid in self.zero_rc:
+            self.gc_candidates.add(oid)
+
+    cdef inline object _cached(self, oid):
+        cdef PyObject* ref = PyDict_GetItem(self.objects, oid)
+        if ref is NULL:
+            return None
+        cdef PyObject* obj = PyWeakref_GetObject(<object>ref)
+        if obj == <PyObject*>None:
+            return None
+        return <object>obj
+
+    def cached(self, oid):
+        return self._cached(oid)
+
+    # -- reading objects -------------------------------------------------------------
+
+    cdef inline int _ghost_flags(self):
+        return F_GHOST | (F_READONLY if self.readonly else 0)
+
+    cdef object _new_proxy(self, unsigned long long oid, int class_id, int flags):
+        cdef MemoBase obj
+        if class_id < FIRST_USER_CLASS_ID:
+            made = _collection_kinds[class_id]._db0_ghost(self, oid)
+            self._register(oid, made)
+            return made
+        cdef PyObject* found = PyDict_GetItem(self._classes_by_id, class_id)
+        cdef ClassInfo info
+        if found is NULL or (<ClassInfo>found).cls is None:
+            info = self.class_by_id(class_id)
+        else:
+            info = <ClassInfo>found
+        obj = MemoBase.__new__(info.cls)
+        obj._px = self
+        obj._oid = oid
+        obj._flags = flags
+        self._register(oid, obj)
+        return obj
+
+    def get_object(self, unsigned long long oid, int class_id):
+        """The proxy for ``oid`` (a ghost if it is not loaded yet)."""
+        obj = self._cached(oid)
+        if obj is not None:
+            return obj
+        return self._new_proxy(oid, class_id, self._ghost_flags())
+
+    cdef _Reader _record_reader(self, unsigned long long oid):
+        """A reader over the stored record of ``oid``, or None if there is none."""
+        storage = self.storage
+        cdef Py_ssize_t offset = 0
+        if type(storage) is _storage_type:
+            raw = storage._rtxn.get(_pack_oid(oid), None, storage._objects_db)
+            offset = 8      # the write state in front of every versioned value
+        else:
+            raw = storage.get("objects", _pack_oid(oid))
+        if raw is None:
+            return None
+        if self._ext_hook is None:
+            self._ext_hook = self.codec._ext_hook
+        return _reader(raw, offset, self._ext_hook)
+
+    def try_get_object(self, unsigned long long oid, class_id=None):
+        """The object if it exists (loaded or stored), else None."""
+        return self._try_get_object(oid)
+
+    cdef object _try_get_object(self, unsigned long long oid):
+        cdef MemoBase m
+        obj = self._cached(oid)
+        if obj is not None:
+            if isinstance(obj, MemoBase) and (<MemoBase>obj)._flags & F_DEAD:
+                return None
+            return obj
+        if self.pending_deletes and oid in self.pending_deletes:
+            return None
+        cdef _Reader r = self._record_reader(oid)
+        if r is None:
+            return None
+        cdef Py_ssize_t n = _read_array_header(r)
+        cdef int cid = _read_value(r)
+        if cid < FIRST_USER_CLASS_ID:
+            return self._new_proxy(oid, cid, 0)
+        m = <MemoBase>self._new_proxy(oid, cid, self._ghost_flags())
+        self._fill_from(m, r, n, cid)
+        return m
+
+    def fetch(self, unsigned long long oid):
+        """The object with id ``oid``; ReferenceError if it does not exist (any more)."""
+        return self._fetch(oid)
+
+    cdef object _fetch(self, unsigned long long oid):
+        obj = self._try_get_object(oid)
+        if obj is None:
+            raise _errors.ReferenceError(f"object {self.uuid_of(oid)} not found in prefix {self.name} "
+                                         "(deleted or never committed)")
+        return obj
+
+    cdef _fill_from(self, MemoBase obj, _Reader r, Py_ssize_t n, int cid):
+        """Decode the rest of a record (after its class id) into the ghost ``obj``."""
+        cdef PyObject* found = PyDict_GetItem(self._classes_by_id, cid)
+        cdef ClassInfo info
+        if found is NULL:
+            info = self.class_by_id(cid)
+        else:
+            info = <ClassInfo>found
+        cdef list fields = info.fields
+        cdef dict d = _dict_of(obj)
+        cdef Py_ssize_t i
+        if n - 2 > len(fields):
+            raise _errors.FormatError(f"prefix {self.name}: record of object {obj._oid} has "
+                                      f"{n - 2} slots, class {info.name} has {len(fields)} fields")
+        rc = _read_value(r)
+        try:
+            for i in range(2, n):
+                value = _read_value(r)
+                if value is not _ABSENT:
+                    d[fields[i - 2]] = value
+        except BaseException:
+            d.clear()
+            raise
+        obj._rc = rc
+        obj._flags &= ~F_GHOST
+        if obj._rc == 0 and not self.shared and info.singleton_oid != obj._oid:
+            # (Shared writers collect only what they created or released themselves: a
+            # count-0 object loaded here may be held by the process that created it.)
+            self.zero_rc.add(obj._oid)
+            self._track(obj)
+
+
+    def load_into(self, MemoBase obj):
+        """Decode the stored record of a ghost into its ``__dict__``."""
+        cdef _Reader r
+        with self.lock:
+            if not obj._flags & F_GHOST:
+                return
+            if self.closed:
+                obj._flags |= F_CLOSED
+                raise _errors.ObjectClosedError("Object is no longer accessible")
+            r = self._record_reader(obj._oid)
+            if r is None:
+                obj._flags = (obj._flags | F_DEAD) & ~F_GHOST
+                raise _errors.ReferenceError("Memo instance expired")
+            n = _read_array_header(r)
+            self._fill_from(obj, r, n, _read_value(r))
+
+    # -- writes ----------------------------------------------------------------------
+
+    def mark_dirty(self, obj):
+        if isinstance(obj, MemoBase):
+            (<MemoBase>obj)._flags |= F_DIRTY
+        self.dirty[obj._oid] = obj
+        self.changed = True
+
+    cdef inline _mark_rc_dirty(self, MemoBase obj):
+        obj._flags |= F_RCDIRTY
+        self.dirty[obj._oid] = obj
+        self.changed = True
+
+    def incref(self, obj):
+        cdef MemoBase m
+        if obj._px is not self:
+            return
+        if isinstance(obj, MemoBase):
+            m = <MemoBase>obj
+            if m._flags & F_GHOST:
+                self.load_into(m)
+            if self.atomic_log is not None:
+                self.atomic_log.record(m)
+            m._rc += 1
+            if m._rc == 1:
+                self.zero_rc.discard(m._oid)
+            self._mark_rc_dirty(m)
+        else:
+            obj._db0_incref()
+
+    def decref(self, obj):
+        cdef MemoBase m
+        if obj._px is not self:
+            return
+        if isinstance(obj, MemoBase):
+            m = <MemoBase>obj
+            if m._flags & (F_GHOST | F_DEAD):
+                if m._flags & F_DEAD:
+                    return
+                self.load_into(m)
+            if self.atomic_log is not None:
+                self.atomic_log.record(m)
+            m._rc -= 1
+            if m._rc <= 0 and not getattr(type(m), "__db0_singleton__", False):
+                self.zero_rc.add(m._oid)
+                self.gc_candidates.add(m._oid)
+                self._track(m)
+            self._mark_rc_dirty(m)
+        else:
+            obj._db0_decref()
+
+    # -- creating --------------------------------------------------------------------
+
+    cdef object _create(self, type cls, _ClassPlan plan):
+        if self.readonly or self.closed:
+            self.check_writable()
+        cdef PyObject* found = PyDict_GetItem(self._info_by_cls, cls)
+        cdef ClassInfo info
+        if found is NULL:
+            info = self.class_info(cls)
+            self._info_by_cls[cls] = info
+        else:
+            info = <ClassInfo>found
+        cdef unsigned long long oid = self._next_oid
+        if oid >= self._oid_limit:
+            oid = _reserve_oids(self)
+        self._next_oid = oid + 1
+        cdef MemoBase obj = MemoBase.__new__(cls)
+        obj._px = self
+        obj._oid = oid
+        obj._flags = F_NEW | F_INIT | F_DIRTY
+        key = oid
+        self._register(oid, obj)
+        self.dirty[key] = obj
+        self.changed = True
+        if not plan.singleton:
+            self.zero_rc.add(key)
+        else:
+            info.singleton_oid = key
+            info.dirty = True
+        if not plan.no_default_tags:
+            found = PyDict_GetItem(self._class_tags, cls)
+            if found is NULL:
+                tags = self.workspace.class_tags(self, cls)
+                self._class_tags[cls] = tags
+            else:
+                tags = <object>found
+            if tags:
+                add = self.tags.add_to_new
+                for tag in tags:
+                    add(key, tag)
+        if self.atomic_log is not None:
+            self.atomic_log.created(obj)
+        return obj
+
+    def create(self, type cls):
+        """A new, empty memo object of ``cls`` (its __init__ has not run yet)."""
+        return self._create(cls, _plan_of(cls))
+
+    # -- commit ----------------------------------------------------------------------
+
+    def pack_dirty(self, batch):
+        """Encode every dirty object into ``batch``: new records go to
+        ``batch.fresh_objects`` (key, value) in id order, changed ones to ``puts``."""
+        cdef dict objects = batch.puts.setdefault("objects", {})
+        cdef list fresh = batch.fresh_objects
+        cdef set in_place = batch.in_place
+        cdef dict info_of = self._info_by_cls
+        cdef bint rc_in_place = self.in_place_refcounts
+        cdef MemoBase m
+        cdef PyObject* found
+        cdef ClassInfo info
+        cdef int flags
+        pack = self.codec.pack
+        for oid, obj in self.dirty.items():
+            if isinstance(obj, MemoBase):
+                m = <MemoBase>obj
+                cls = type(m)
+                found = PyDict_GetItem(info_of, cls)
+                if found is NULL:
+                    info = self.class_info(cls)
+                    info_of[cls] = info
+                else:
+                    info = <ClassInfo>found
+                key = _pack_oid(m._oid)
+                value = pack(_record_of(m, info))
+                flags = m._flags
+                if flags & F_NEW:
+                    fresh.append((key, value))
+                else:
+                    objects[key] = value
+                    if not flags & F_DIRTY and rc_in_place:
+                        in_place.add(key)
+            else:
+                obj._db0_flush(batch)
+
+    def after_commit(self):
+        """Clear dirty state; start tracking written count-0 objects."""
+        cdef MemoBase m
+        cdef set zero_rc = self.zero_rc
+        cdef dict ref_oid = self._ref_oid
+        cdef PyObject* ref
+        for oid, obj in self.dirty.items():
+            if isinstance(obj, MemoBase):
+                m = <MemoBase>obj
+                m._flags &= ~(F_DIRTY | F_NEW | F_RCDIRTY)
+            else:
+                obj._db0_committed()
+            if oid in zero_rc:
+                ref = PyDict_GetItem(self.objects, oid)
+                if ref is NULL or (<size_t>ref) not in ref_oid:
+                    self._track(obj)
+        self.dirty = {}
+        self.pending_deletes = {}
+        self.changed = False
+
+    def unheld(self, candidates):
+        """The ids among ``candidates`` (zero_rc) that Python code no longer holds."""
+        cdef list out = []
+        cdef dict dirty = self.dirty
+        cdef set zero_rc = self.zero_rc
+        cdef Py_ssize_t internal
+        for oid in candidates:
+            if oid not in zero_rc:
+                continue
+            obj = self._cached(oid)
+            if obj is None:
+                out.append(oid)
+                continue
+            # References held here: `obj` itself and the dirty pin.
+            internal = 1 + (1 if oid in dirty else 0)
+            if Py_REFCNT(obj) <= internal:
+                out.append(oid)
+            obj = None
+        return out
+
+
+# -- memo construction --------------------------------------------------------------------
+
+def memo_new(cls, *args, **kwargs):
+    """``__new__`` of every memo class: create the object in its prefix (or return the
+    existing singleton).  The generated ``__init__`` then runs the user's initialiser."""
+    cdef _ClassPlan plan = _plan_of(cls)
+    ws = _ws_module._workspace
+    if ws is None:
+        raise _errors.NotInitializedError("dbzero not initialized")
+    with ws.lock:
+        if plan.prefix_name is None:
+            name = ws.current_name
+            if name is None:
+                raise _errors.NoDefaultPrefixError("dbzero: no default prefix exists")
+            px = ws.prefixes[name]
+        else:
+            px = ws.prefix_for_class(cls)
+        if plan.singleton:
+            existing = _singleton_of(px, cls)
+            if existing is not None:
+                return existing
+        return (<PrefixCore>px)._create(cls, plan)
+
+
+cdef object _next_init(type gen):
+    """The ``__init__`` that follows ``gen`` in its MRO (the user's initialiser)."""
+    for klass in gen.__mro__[1:]:
+        init = klass.__dict__.get("__init__")
+        if init is not None:
+            return init
+    return object.__init__
+
+
+def make_init(type gen):
+    """The ``__init__`` of memo class ``gen``: runs the user's initialiser once, on a new
+    object; if it raises, the object is discarded.  Existing singletons ignore it."""
+    cdef list cache = [None]
+
+    def __init__(MemoBase self, *args, **kwargs):
+        cdef int flags = self._flags
+        if flags & F_RUNNING_INIT:
+            # A memo base class's __init__ reached through super(): continue the chain.
+            super(gen, self).__init__(*args, **kwargs)
+            return
+        if not (flags & F_INIT):
+            return
+        self._flags = flags | F_RUNNING_INIT
+        try:
+            if type(self) is gen:
+                init = cache[0]
+                if init is None:
+                    init = cache[0] = _next_init(gen)
+                if init is object.__init__:
+                    if args or kwargs:
+                        raise TypeError(f"{gen.__name__}() takes no arguments")
+                else:
+                    init(self, *args, **kwargs)
+            else:
+                super(gen, self).__init__(*args, **kwargs)
+        except BaseException:
+            if not self._flags & F_DEAD:
+                self._px.discard_new(self)
+            raise
+        finally:
+            self._flags &= ~(F_INIT | F_RUNNING_INIT)
+
+    return __init__
+
+
+def with_header(bytes header, list items):
+    """``[(key, header + value)]`` for ``[(key, value)]`` (versioned values carry their
+    write state in front)."""
+    cdef list out = []
+    for key, value in items:
+        out.append((key, header + value))
+    return out
+
+
+cdef object _view_get = None
+cdef object _fetch_other = None
+
+
+def configure_fetch(view_get, fetch_other):
+    global _view_get, _fetch_other
+    _view_get = view_get
+    _fetch_other = fetch_other
+
+
+def fetch(identifier, expected_type=None, prefix=None):
+    """The object with this uuid, or the instance of a singleton class.
+
+    ``fetch(identifier: str | type, expected_type: type | None = None,
+    prefix: str | None = None) -> Any``.  Inside ``with db0.snapshot(...)`` reads come
+    from that snapshot.  Raises InvalidUUIDError, ReferenceError (deleted),
+    PrefixNotFoundError, ClassNotFoundError (singleton never created), db0.Error (bad
+    argument or type mismatch).
+    """
+    view = _view_get()
+    if view is not None:
+        return view.fetch(identifier, expected_type, prefix)
+    ws = _ws_module._workspace
+    if ws is None:
+        raise _errors.NotInitializedError("dbzero not initialized")
+    if type(identifier) is str:
+        try:
+            prefix_uuid, oid = _decode_uuid(identifier)
+        except ValueError:
+            raise _errors.InvalidUUIDError(f"Invalid UUID: {identifier!r}") from None
+        with ws.lock:
+            px = ws.by_uuid.get(prefix_uuid)
+            if px is None or px.closed:
+                px = ws.prefix_by_uuid(prefix_uuid)
+            obj = (<PrefixCore>px)._fetch(oid)
+    else:
+        obj = _fetch_other(ws, identifier, prefix)
+    if expected_type is not None and not isinstance(obj, expected_type):
+        raise _errors.Error("Object type mismatch")
+    return obj
