@@ -220,7 +220,9 @@ def getrefcount(obj: Any) -> int:
     if isinstance(obj, MemoBase):
         if obj._flags & F_GHOST:
             obj._px.load_into(obj)
-        return obj._rc
+        # Tags are references kept out of the stored count (docs/concepts.md).
+        with obj._px.lock:
+            return obj._rc + obj._px.tags.reference_count(obj._oid)
     if getattr(obj, "_db0_kind", None) is not None:
         return obj._db0_refcount()
     raise errors.Error(f"Unable to retrieve ref count for type: {type(obj).__name__}")

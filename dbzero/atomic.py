@@ -12,7 +12,6 @@ autocommit thread) never see or commit half of it.
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Dict, List, Optional
 
 from dbzero_ext import memo as _memo
@@ -32,8 +31,7 @@ class _PrefixUndo:
         self.zero_rc = set(px.zero_rc)
         self.gc_candidates = set(px.gc_candidates)
         self.pending_deletes = dict(px.pending_deletes)
-        self.tags_pending = copy.deepcopy(px.tags.pending)
-        self.tags_by_obj = copy.deepcopy(px.tags.pending_by_obj)
+        self.tags = px.tags.snapshot()
         self.changed = px.changed
         self.singletons = {info.class_id: info.singleton_oid for info in px.class_infos()}
         self.touched = set(getattr(px, "_db0_touched", None) or ())    # dbzero.changes.touch
@@ -74,8 +72,7 @@ class _PrefixUndo:
         px.zero_rc = self.zero_rc
         px.gc_candidates = self.gc_candidates
         px.pending_deletes = self.pending_deletes
-        px.tags.pending = self.tags_pending
-        px.tags.pending_by_obj = self.tags_by_obj
+        px.tags.restore(self.tags)
         px.changed = self.changed
         touched = getattr(px, "_db0_touched", None)
         if touched is not None:

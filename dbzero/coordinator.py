@@ -117,7 +117,7 @@ def _add_marker(storage: Storage, txid: str, participants: List[str], batch: Wri
     puts = [[name, key] for name, ops in batch.puts.items() for key, value in ops.items()
             if value is not None and not (name == "objects" and key in in_place)]
     puts += [["objects", key] for key, _value in getattr(batch, "fresh_objects", ())]
-    adds = [[name, key, value] for name, ops in batch.dups.items() for key, value, add in ops if add]
+    adds = [[name, key, value] for name, key, value in batch.dup_adds()]
     batch.meta[MARKER] = msgpack.packb({"tx": txid, "state": storage.state + 1,
                                         "participants": participants, "puts": puts, "adds": adds})
 

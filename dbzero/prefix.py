@@ -9,9 +9,11 @@ Life cycle of a persistent object (memo object or collection) inside a prefix::
 * Identity map: one proxy per object id (weak values), so ``fetch(uuid) is obj``.
 * Dirty map: objects changed since the last commit, pinned (strong) until written.
 * Reference counts: each object record carries the number of *persistent* strong
-  references to it (memo attributes, collection items, index entries and distinct tags, all
-  within this prefix).  An object whose count is 0 and that Python no longer holds is
-  deleted at the next commit; singletons are roots and never collected.
+  references to it (memo attributes, collection items and index entries, all within this
+  prefix).  Tags (other than class tags) also keep an object alive but are not counted in
+  the record: the collector asks the tag store.  An object whose count is 0, that carries
+  no tag and that Python no longer holds is deleted at the next commit; singletons are
+  roots and never collected.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any, Dict, Iterable, List, Optional, Set
 from dbzero_ext import memo as _memo
 from dbzero_ext.codec import ABSENT, EXT_CODES, Codec
 from dbzero_ext.core import ClassInfo, PrefixCore, RCDIRTY
+from dbzero_ext.tagstore import TagStore  # noqa: F401 - the tag store of every prefix
 
 from . import errors
 from .storage import Storage, WriteBatch
@@ -86,85 +89,6 @@ class WeakRef:
 
     def __repr__(self) -> str:
         return f"<db0.WeakRef oid={self.oid}>"
-
-
-class TagStore:
-    """Tag membership of one prefix: committed postings in LMDB plus pending changes.
-
-    Tag keys are bytes (see dbzero.tags for how tags map to keys); members are object ids.
-    Pending changes are kept per tag so that queries see uncommitted tags
-    (read-your-writes) and so that a commit writes each change once.
-    """
-
-    def __init__(self, px: "Prefix") -> None:
-        self.px = px
-        self.pending: Dict[bytes, Dict[int, bool]] = {}
-        self.pending_by_obj: Dict[int, Dict[bytes, bool]] = {}
-
-    def has(self, oid: int, tag: bytes) -> bool:
-        mine = self.pending_by_obj.get(oid)
-        if mine is not None and tag in mine:
-            return mine[tag]
-        return self.px.storage.dup_contains("obj_tags", pack_oid(oid), tag)
-
-    def set(self, oid: int, tag: bytes, present: bool, committed: Optional[bool] = None) -> bool:
-        """Add or remove; returns True if membership changed.
-
-        ``committed`` may give the committed membership when the caller knows it (False
-        for objects created since the last commit), which skips the LMDB lookups.
-        """
-        mine = self.pending_by_obj.get(oid)
-        if mine is not None and tag in mine:
-            if mine[tag] == present:
-                return False
-            committed = not present     # a pending entry always differs from the committed one
-        else:
-            if committed is None:
-                committed = self.px.storage.dup_contains("obj_tags", pack_oid(oid), tag)
-            if committed == present:
-                return False
-        per_tag = self.pending.setdefault(tag, {})
-        per_obj = self.pending_by_obj.setdefault(oid, {})
-        if committed == present:
-            per_tag.pop(oid, None)
-            per_obj.pop(tag, None)
-        else:
-            per_tag[oid] = present
-            per_obj[tag] = present
-        self.px.note_change()
-        return True
-
-    def add_to_new(self, oid: int, tag: bytes) -> None:
-        """Tag an object created since the last commit (it has no committed tags)."""
-        self.pending.setdefault(tag, {})[oid] = True
-        self.pending_by_obj.setdefault(oid, {})[tag] = True
-
-    def tags_of(self, oid: int) -> List[bytes]:
-        tags = set(self.px.storage.dup_list("obj_tags", pack_oid(oid)))
-        for tag, present in self.pending_by_obj.get(oid, {}).items():
-            if present:
-                tags.add(tag)
-            else:
-                tags.discard(tag)
-        return sorted(tags)
-
-    def committed_members(self, tag: bytes) -> bytes:
-        return self.px.storage.dup_values("tags", tag)
-
-    def pending_for(self, tag: bytes) -> Dict[int, bool]:
-        return self.pending.get(tag, {})
-
-    def flush(self, batch: WriteBatch) -> None:
-        for tag, members in self.pending.items():
-            for oid, present in members.items():
-                key = pack_oid(oid)
-                batch.dup("tags", tag, key, present)
-                batch.dup("obj_tags", key, tag, present)
-        self.pending.clear()
-        self.pending_by_obj.clear()
-
-    def __bool__(self) -> bool:
-        return bool(self.pending)
 
 
 class Prefix(PrefixCore):
@@ -443,7 +367,7 @@ class Prefix(PrefixCore):
             return
         if obj._flags & F_GHOST:
             self.load_into(obj)
-        if not force and obj._rc > 0:
+        if not force and (obj._rc > 0 or self.tags.is_referenced(obj._oid)):
             raise errors.ReferencedObjectError("Cannot delete a memo object with references")
         oid = obj._oid
         self.log_undo(obj)
@@ -490,6 +414,8 @@ class Prefix(PrefixCore):
             if getattr(obj, "_rc", 0) > 0 or self._is_singleton(obj):
                 self.zero_rc.discard(oid)
                 continue
+            if isinstance(obj, MemoBase) and self.tags.is_referenced(oid):
+                continue    # tags keep it alive; removing the last one makes it a candidate
             self.delete_object(obj, force=True)
             del obj
             if self.gc_candidates:

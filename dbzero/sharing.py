@@ -499,8 +499,7 @@ def rollback_pending(px: Prefix) -> None:
         _sweep_chunk_cache(swept)
     px.dirty = {}
     px.pending_deletes = {}
-    px.tags.pending.clear()
-    px.tags.pending_by_obj.clear()
+    px.tags.clear()
     if px.shared:
         px.zero_rc = set()
         px.gc_candidates = set()
@@ -887,8 +886,7 @@ def _prepare_child(px: Prefix) -> None:
             obj._db0_invalidate()
     px.dirty = {}
     px.pending_deletes = {}
-    px.tags.pending.clear()
-    px.tags.pending_by_obj.clear()
+    px.tags.clear()
     px.zero_rc = set()
     px.gc_candidates = set()
     px.changed = False

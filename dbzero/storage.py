@@ -31,10 +31,11 @@ import msgpack
 
 from dbzero_ext.core import with_header
 from dbzero_ext.postings import IdSet
+from dbzero_ext.tagstore import membership_history, split_by_floor
 
 from .errors import ConflictError, FormatError, PrefixLockedError, PrefixNotFoundError, StorageError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 # Sub-database ids are part of the format (history keys start with them).
 VERSIONED_DBS = {"classes": 1, "objects": 2, "chunks": 3, "index": 4}
@@ -99,13 +100,15 @@ class WriteBatch:
     ``puts[db][key] = value`` (``None`` deletes) for versioned dbs; ``dups[db]`` holds
     ``(key, value, add)`` triples for duplicate-set dbs; ``meta`` holds raw meta keys.
     Keys in ``fresh`` are known not to exist yet, which skips the history lookup.
+    ``dup_sets[db]`` holds bulk membership changes as pre-sorted runs (see ``dup_set``).
     """
 
-    __slots__ = ("puts", "dups", "meta", "fresh", "in_place", "fresh_objects")
+    __slots__ = ("puts", "dups", "meta", "fresh", "in_place", "fresh_objects", "dup_sets")
 
     def __init__(self) -> None:
         self.puts: Dict[str, Dict[bytes, Optional[bytes]]] = {}
         self.dups: Dict[str, List[Tuple[bytes, bytes, bool]]] = {}
+        self.dup_sets: Dict[str, Tuple[list, list]] = {}
         self.meta: Dict[bytes, bytes] = {}
         self.fresh: set = set()
         self.in_place: set = set()   # object keys rewritten keeping their write state
@@ -124,8 +127,26 @@ class WriteBatch:
     def dup(self, db: str, key: bytes, value: bytes, add: bool) -> None:
         self.dups.setdefault(db, []).append((key, value, add))
 
+    def dup_set(self, db: str, adds: List[Tuple[bytes, bytes]],
+                removes: List[Tuple[bytes, bytes]]) -> None:
+        """Bulk membership changes of a duplicate-set db: ``(key, value)`` pairs to add and
+        to remove, each list sorted and without repeats, no pair in both.  Pairs may be
+        added blindly (already present) or removed blindly (absent): the commit writes,
+        and records history for, exactly the pairs that change.  One call per db."""
+        self.dup_sets[db] = (adds, removes)
+
+    def dup_adds(self) -> Iterator[Tuple[str, bytes, bytes]]:
+        """Every ``(db, key, value)`` membership the batch adds (cross-prefix markers)."""
+        for name, ops in self.dups.items():
+            for key, value, add in ops:
+                if add:
+                    yield name, key, value
+        for name, (adds, _removes) in self.dup_sets.items():
+            for key, value in adds:
+                yield name, key, value
+
     def __bool__(self) -> bool:
-        return bool(self.puts or self.dups or self.meta or self.fresh_objects)
+        return bool(self.puts or self.dups or self.meta or self.fresh_objects or self.dup_sets)
 
 
 def history_key(db_id: int, key: bytes, state: int) -> bytes:
@@ -480,6 +501,9 @@ class Storage:
                 for key, (added, removed) in changes.items():
                     txn.put(history_key(db_id, key, state), msgpack.packb([added, removed]), db=history)
                     journal.append((db_id, key))
+            for name in sorted(batch.dup_sets):
+                adds, removes = batch.dup_sets[name]
+                self._apply_dup_set(env, txn, name, adds, removes, id_floor, header, journal)
             for key, value in batch.meta.items():
                 txn.put(key, value, db=meta)
             if journal:
@@ -487,6 +511,42 @@ class Storage:
             txn.put(b"oids@" + header, txn.get(b"next_oid", db=meta), db=meta)
             txn.put(b"state", header, db=meta)
         return state
+
+    def _apply_dup_set(self, env: lmdb.Environment, txn: lmdb.Transaction, name: str,
+                       adds: list, removes: list, id_floor: bytes, header: bytes,
+                       journal: list) -> None:
+        """Write one ``dup_set`` run and the history of the memberships it really changes.
+
+        Members created since the previous commit (ids at or above ``id_floor``) need no
+        history and are put blindly.  Older members are put with NODUPDATA in a nested
+        transaction: if every pair was added (the usual case) it is kept as is; otherwise it
+        is discarded and the pairs are put one by one to learn which ones were new.
+        """
+        db, db_id = self._dbs[name], DUP_DBS[name]
+        member_is_value = name == "tags"
+        removed = [pair for pair in removes if txn.delete(pair[0], pair[1], db=db)]
+        added: list = []
+        if adds:
+            old, new = split_by_floor(adds, id_floor, member_is_value)
+            if new:
+                self._put_many(txn, db, new, dupdata=True)
+            if old:
+                child = env.begin(write=True, parent=txn)
+                try:
+                    consumed, n_added = child.cursor(db=db).putmulti(old, dupdata=False)
+                except BaseException:
+                    child.abort()
+                    raise
+                if consumed == n_added == len(old):
+                    child.commit()
+                    added = old
+                else:
+                    child.abort()
+                    added = [pair for pair in old if txn.put(pair[0], pair[1], dupdata=False, db=db)]
+        if added or removed:
+            # One history record per (key, state): the members it added and removed.
+            records = membership_history(db_id, header, added, removed, journal)
+            self._put_many(txn, self._dbs["history"], records, dupdata=False)
 
     @staticmethod
     def _put_many(txn: lmdb.Transaction, db, items: list, dupdata: bool) -> None:

@@ -17,9 +17,13 @@ such keys cannot collide with a verbatim key).  The full text of such a tag is k
 the ``index`` table under ``pack_oid(0) + b"t" + key`` so that ``list(db0.tags(obj))``
 can still return it.
 
-Membership lives in the object's prefix (``obj._px.tags``): the ``tags`` table maps a tag
-key to the object ids carrying it, ``obj_tags`` the reverse.  Every distinct tag except
-class tags is one persistent strong reference to the object.
+Membership lives in the object's prefix (``obj._px.tags``, a
+:class:`dbzero_ext.tagstore.TagStore`): the ``tags`` table maps a tag key to the object
+ids carrying it, ``obj_tags`` the reverse.  Every distinct tag except class tags keeps
+the object alive, but tags are not counted in the object's stored reference count:
+``db0.getrefcount`` adds them on demand and the collector asks the tag store before
+deleting a count-0 object (docs/concepts.md, "Object lifetime").  So tagging never
+rewrites the object's record, and adding a tag never reads LMDB.
 
 Queries
 -------
@@ -39,6 +43,8 @@ import weakref
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from dbzero_ext.postings import IdSet, difference, intersect, intersect_many, union, union_many
+from dbzero_ext import tagstore as _tagstore
+from dbzero_ext.tagstore import TagManagerCore
 
 from . import errors, workspace
 from .enums import EnumValue, enum_value_for
@@ -240,18 +246,17 @@ class _NoLock:
 _NO_LOCK = _NoLock()
 
 
-class ObjectTagManager:
-    """``db0.tags(*objs)``: add, remove, test and list the tags of memo objects."""
+class ObjectTagManager(TagManagerCore):
+    """``db0.tags(*objs)``: add, remove, test and list the tags of memo objects.
 
-    __slots__ = ("_objs",)
+    ``add`` of str tags to one object is handled in dbzero_ext/tagstore.pyx; every other
+    case comes here through ``_apply``.
+    """
 
-    def __init__(self, objs: Tuple[Any, ...]) -> None:
-        self._objs = objs
+    __slots__ = ()
 
     def _targets(self) -> List[Any]:
         objs = self._objs
-        if len(objs) == 1 and isinstance(objs[0], MemoBase):
-            return list(objs)
         if all(isinstance(o, MemoBase) for o in objs):
             return list(objs)
         out: List[Any] = []
@@ -261,14 +266,6 @@ class ObjectTagManager:
             else:
                 out.extend(o)
         return out
-
-    def add(self, *tags: Any) -> None:
-        """Add tags (str, enum values, memo objects, ``as_tag(...)``; iterables expand)."""
-        self._apply(tags, True)
-
-    def remove(self, *tags: Any) -> None:
-        """Remove tags; removing a tag the object does not carry is a no-op."""
-        self._apply(tags, False)
 
     def _apply(self, tags: Tuple[Any, ...], present: bool) -> None:
         keys: List[Any] = []
@@ -351,30 +348,24 @@ def _check_target(obj: Any, present: bool) -> None:
 def _apply_one(px: Any, obj: Any, keys: List[Any], present: bool) -> None:
     oid = obj._oid
     ts = px.tags
-    # A new object has no committed tags; for others read the committed tags once
-    # (one cursor walk) instead of one LMDB lookup per tag.
-    if obj._flags & F_NEW:
-        stored = None
-        committed = False
-    else:
-        stored = px.storage.dup_list("obj_tags", _OID.pack(oid)) if len(keys) > 1 else None
-        committed = None
-    px.log_undo(obj)
     for key in keys:
         if type(key) is not bytes:
             key = key.key_in(px, True)
-        if not ts.set(oid, key, present, committed if stored is None else key in stored):
-            continue
         if key[0] == CLASS_TAG:
             # Class postings tell materialisation the class of an object; once they are
-            # edited by hand that no longer holds for this object.
-            ts.set(oid, MARKER_KEY, True, committed)
-        elif present:
-            if len(key) == HASHED_LEN:
-                _note_long_key(px, key)
-            px.incref(obj)
-        else:
-            px.decref(obj)
+            # edited by hand that no longer holds for this object (exact check: rare).
+            if ts.has(oid, key) != present:
+                ts.set(oid, key, present)
+                ts.set(oid, MARKER_KEY, True)
+            continue
+        ts.set(oid, key, present)     # blind: the commit finds out what really changed
+        if present and len(key) == HASHED_LEN:
+            _note_long_key(px, key)
+    px.note_change()
+    if not present and oid in px.zero_rc:
+        # Its last tag may be gone: let the collector look at it (it stays alive while
+        # Python holds it, or while it has a reference or another tag).
+        px.gc_candidates.add(oid)
 
 
 def _decode_tag(px: Any, key: bytes) -> Any:
@@ -408,6 +399,9 @@ def tags(*objs: Any) -> ObjectTagManager:
         if not isinstance(obj, (MemoBase, Query)):
             raise errors.Error("All arguments must be dbzero memo objects or object queries")
     return ObjectTagManager(objs)
+
+
+_tagstore.configure(errors, str_key, _note_long_key)
 
 
 # -- find ----------------------------------------------------------------------------------------

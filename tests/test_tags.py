@@ -463,3 +463,153 @@ def test_model_final_state_in_fresh_process(db, root):
     assert eval(lines[0]) == expected
     # untagged objects were collected; tagged employees survive
     assert eval(lines[1]) == employees
+
+
+# -- tags keep objects alive (format 2: not counted in the stored refcount) ---------------------------
+
+LIFE_OPS = st.lists(st.one_of(
+    st.tuples(st.just("add"), st.integers(0, 5), st.lists(st.sampled_from(TAGS), min_size=1, max_size=3)),
+    st.tuples(st.just("remove"), st.integers(0, 5), st.lists(st.sampled_from(TAGS), min_size=1, max_size=3)),
+    st.tuples(st.just("drop"), st.integers(0, 5)),
+    st.tuples(st.just("hold"), st.integers(0, 5)),
+    st.tuples(st.just("delete"), st.integers(0, 5)),
+    st.tuples(st.just("commit")),
+    st.tuples(st.just("reopen")),
+    st.tuples(st.just("atomic"), st.integers(0, 5), st.sampled_from(TAGS)),
+), max_size=30)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(LIFE_OPS)
+def test_model_tags_keep_objects_alive(ops):
+    """An object survives while tagged, even with no Python reference; removing its last
+    tag makes it collectable at the next commit; getrefcount counts its distinct tags."""
+    root = tempfile.mkdtemp()
+    db0.init(root, prefix="life", autocommit=False)
+    try:
+        objs = [Employee(f"e{i}") for i in range(6)]
+        uids = [db0.uuid(o) for o in objs]
+        held = dict(enumerate(objs))          # index -> proxy kept by the test
+        del objs
+        tags = {i: set() for i in held}       # the model
+        alive = set(held)
+
+        def obj(i):
+            if i not in held:
+                held[i] = db0.fetch(uids[i])
+            return held[i]
+
+        def check():
+            for i in range(len(uids)):
+                assert db0.exists(uids[i]) == (i in alive), i
+                if i in alive:
+                    o = db0.fetch(uids[i])
+                    assert db0.getrefcount(o) == len(tags[i])
+                    assert sorted(db0.tags(o)) == sorted(tags[i])
+                    del o
+            for tag in TAGS:
+                assert {o.name for o in db0.find(tag)} == {f"e{i}" for i in alive if tag in tags[i]}
+
+        for op in ops:
+            kind = op[0]
+            if kind in ("add", "remove", "delete", "hold", "atomic") and op[1] not in alive:
+                continue
+            if kind == "add":
+                db0.tags(obj(op[1])).add(op[2])
+                tags[op[1]] |= set(op[2])
+                assert db0.getrefcount(obj(op[1])) == len(tags[op[1]])
+            elif kind == "remove":
+                db0.tags(obj(op[1])).remove(*op[2])
+                tags[op[1]] -= set(op[2])
+                assert db0.getrefcount(obj(op[1])) == len(tags[op[1]])
+            elif kind == "drop":
+                held.pop(op[1], None)
+            elif kind == "hold":
+                obj(op[1])
+            elif kind == "delete":
+                if tags[op[1]]:
+                    with pytest.raises(db0.ReferencedObjectError):
+                        db0.delete(obj(op[1]))
+                else:
+                    db0.delete(obj(op[1]))
+                    held.pop(op[1], None)
+                    alive.discard(op[1])
+            elif kind == "atomic":
+                o = obj(op[1])
+                with pytest.raises(ValueError):
+                    with db0.atomic():
+                        db0.tags(o).add(op[2])
+                        db0.tags(o).remove(*TAGS)
+                        raise ValueError
+                assert db0.getrefcount(o) == len(tags[op[1]])
+                del o
+            elif kind == "commit":
+                gc.collect()
+                db0.commit()
+                alive -= {i for i in alive if i not in held and not tags[i]}
+                check()
+            else:
+                held.clear()
+                db0.close()                  # close releases every proxy
+                alive = {i for i in alive if tags[i]}
+                db0.init(root, prefix="life", autocommit=False)
+                check()
+        held.clear()
+        gc.collect()
+        db0.commit()
+        alive = {i for i in alive if tags[i]}
+        check()
+    finally:
+        db0.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_tagging_does_not_rewrite_the_record(db):
+    e = Employee("e")
+    db0.commit()
+    db0.tags(e).add("a", "b")
+    db0.commit()
+    assert db0.getrefcount(e) == 2
+    storage = e._px.storage
+    journal = [(db_id, bytes(key)) for db_id, key in storage.journal(storage.state)]
+    assert (2, e._oid.to_bytes(8, "big")) not in journal     # the record was not rewritten
+    assert (6, e._oid.to_bytes(8, "big")) in journal         # the membership changed
+
+
+def test_readding_committed_tags_writes_no_history(db):
+    objs = [Employee(f"e{i}") for i in range(50)]
+    db0.commit()
+    for o in objs:
+        db0.tags(o).add(["a", "b"])
+    db0.commit()
+    s1 = db0.snapshot()
+    for o in objs[::2]:
+        db0.tags(o).add("a", "c")           # "a" is already there: only "c" changes
+    db0.tags(objs[1]).remove("zz")          # absent: no change
+    db0.commit()
+    s2 = db0.snapshot()
+    assert len(s1.find("a")) == 50 and len(s1.find("c")) == 0
+    assert len(s2.find("a")) == 50 and len(s2.find("c")) == 25
+    s1.close()
+    s2.close()
+    storage = objs[0]._px.storage
+    keys = [(db_id, bytes(key)) for db_id, key in storage.journal(storage.state)]
+    assert (5, b"sc") in keys and (5, b"sa") not in keys     # tag "a": no history record
+    assert sum(1 for k in keys if k[0] == 6) == 25            # one per object that got "c"
+
+
+def test_bulk_tagging_mixed_new_and_committed(db):
+    old = [Employee(f"o{i}") for i in range(200)]
+    db0.commit()
+    s1 = db0.snapshot()
+    new = [Employee(f"n{i}") for i in range(200)]
+    for i, o in enumerate(old + new):
+        db0.tags(o).add([f"t{i % 7}", "all"])
+    db0.tags(old[3]).remove("all")
+    db0.tags(new[3]).remove("all")
+    db0.commit()
+    assert len(db0.find("all")) == 398
+    assert len(db0.find("t0")) == len([i for i in range(400) if i % 7 == 0])
+    assert len(s1.find("all")) == 0 and len(s1.find(Employee)) == 200
+    s1.close()
+    assert db0.getrefcount(old[3]) == 1 and db0.getrefcount(new[0]) == 2

@@ -1,0 +1,631 @@
+# cython: language_level=3
+"""Tag membership of one prefix, and the thin path of ``db0.tags(obj).add(...)``.
+
+Pending changes are an append-only *log* of ``(object id, tag, present)`` operations in a
+C array: recording one is a few stores, with no LMDB lookup and no dictionary work.  The
+log is an overlay on the committed tables (``tags``: tag -> object ids, ``obj_tags``:
+object id -> tags); the last operation on a pair wins.  An add of a pair that is already
+committed is harmless: the commit finds out (see Storage, ``dup_sets``) and writes no
+history for it.
+
+Readers of the pending state (``has``, ``tags_of``, ``pending_for``, the collector) go
+through a per-object / per-tag dictionary index that is built from the log on first use and
+caught up incrementally afterwards, so a bulk tagging loop never pays for it.
+
+``flush`` turns the log into sorted runs - ``(tag, id)`` pairs for ``tags`` and
+``(id, tag)`` pairs for ``obj_tags`` - with one sort (none when the log is already in id
+order, the usual case) and hands them to the WriteBatch.
+"""
+
+from cpython.object cimport PyObject
+from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
+from cpython.list cimport PyList_GET_SIZE, PyList_GET_ITEM
+from cpython.tuple cimport PyTuple_GET_SIZE, PyTuple_GET_ITEM
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.stdlib cimport malloc, realloc, free, qsort
+from libc.string cimport memcpy, memcmp
+from libc.stdint cimport uint64_t, uint32_t
+
+from cpython.object cimport PyObject_GenericGetAttr
+
+from dbzero_ext.memo import MemoBase
+
+cdef extern from "Python.h":
+    void PyObject_GC_UnTrack(object o)
+    int PyBytes_CheckExact(object o)
+    int PyUnicode_CheckExact(object o)
+    int PyList_CheckExact(object o)
+    int PyTuple_CheckExact(object o)
+
+# Object flags (dbzero_ext/memo.pyx).
+cdef enum:
+    F_NEW = 4
+    F_DEAD = 8
+    F_READONLY = 16
+    F_CLOSED = 64
+
+cdef enum:
+    CLASS_TAG = 0x43        # b"C": class tags and ...
+    MARKER_TAG = 0x58       # b"X": ... the marker never count as references
+    HASHED_LEN = 465        # length of a hashed (long) tag key, see dbzero/tags.py
+
+cdef struct Op:
+    uint64_t oid
+    uint32_t tag            # index into TagStore._keys (sort rank during flush)
+    uint32_t seq            # position in the log << 1 | present
+
+
+cdef inline bytes _pack_oid(uint64_t oid):
+    cdef char buf[8]
+    cdef int i
+    for i in range(8):
+        buf[7 - i] = <char>((oid >> (8 * i)) & 0xFF)
+    return PyBytes_FromStringAndSize(buf, 8)
+
+
+cdef inline uint64_t _unpack_oid(bytes b):
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(b)
+    cdef uint64_t v = 0
+    cdef int i
+    for i in range(8):
+        v = (v << 8) | p[i]
+    return v
+
+
+cdef inline bint _is_reference_key(bytes key):
+    """Every tag except class tags and the marker is a reference to the object."""
+    if PyBytes_GET_SIZE(key) == 0:
+        return True
+    cdef unsigned char c = (<const unsigned char*>PyBytes_AS_STRING(key))[0]
+    return c != CLASS_TAG and c != MARKER_TAG
+
+
+cdef int _cmp_ops(const void* a, const void* b) noexcept nogil:
+    cdef const Op* x = <const Op*>a
+    cdef const Op* y = <const Op*>b
+    if x.oid != y.oid:
+        return -1 if x.oid < y.oid else 1
+    if x.tag != y.tag:
+        return -1 if x.tag < y.tag else 1
+    if x.seq != y.seq:
+        return -1 if x.seq < y.seq else 1
+    return 0
+
+
+cdef class TagStore:
+    """Tag membership of one prefix: committed postings in LMDB plus a log of pending
+    operations (see the module docstring).  Tag keys are bytes, members object ids."""
+
+    cdef public object px
+    cdef list _keys             # interned tag keys, by index
+    cdef dict _key_index        # tag key -> index in _keys
+    cdef dict _str_index        # str tag -> index (short keys only: see add_str)
+    cdef Op* _ops
+    cdef Py_ssize_t _n, _cap
+    # Read index over the log (built lazily): oid -> {tag: present}, tag -> {oid: present}.
+    cdef dict _by_obj
+    cdef dict _by_tag
+    cdef Py_ssize_t _indexed    # log entries already reflected in the read index
+
+    def __cinit__(self, px=None):
+        self.px = px
+        self._keys = []
+        self._key_index = {}
+        self._str_index = {}
+        self._ops = NULL
+        self._n = self._cap = 0
+        self._by_obj = None
+        self._by_tag = None
+        self._indexed = 0
+
+    def __dealloc__(self):
+        free(self._ops)
+
+    # -- recording -------------------------------------------------------------------
+
+    cdef inline uint32_t _intern(self, bytes key) except? 0xFFFFFFFF:
+        cdef PyObject* found = PyDict_GetItem(self._key_index, key)
+        if found is not NULL:
+            return <uint32_t><Py_ssize_t><object>found
+        cdef Py_ssize_t idx = PyList_GET_SIZE(self._keys)
+        self._keys.append(key)
+        self._key_index[key] = idx
+        return <uint32_t>idx
+
+    cdef int _grow(self) except -1:
+        cdef Py_ssize_t cap = self._cap * 2 if self._cap else 1024
+        cdef Op* ops = <Op*>realloc(self._ops, cap * sizeof(Op))
+        if ops is NULL:
+            raise MemoryError()
+        self._ops = ops
+        self._cap = cap
+        return 0
+
+    cdef inline int _log(self, uint64_t oid, uint32_t tag, bint present) except -1:
+        if self._n == self._cap:
+            self._grow()
+        cdef Op* op = &self._ops[self._n]
+        op.oid = oid
+        op.tag = tag
+        op.seq = <uint32_t>((self._n << 1) | present)
+        self._n += 1
+        return 0
+
+    def add_to_new(self, oid, bytes tag):
+        """Tag an object created since the last commit (class tags at creation)."""
+        self._log(oid, self._intern(tag), True)
+
+    def set(self, oid, bytes tag, bint present, committed=None):
+        """Record that ``oid`` does (not) carry ``tag``.  Blind: nothing is looked up; the
+        commit writes (and records history for) only what really changes.  Returns True."""
+        self._log(oid, self._intern(tag), present)
+        return True
+
+    cdef int add_str(self, uint64_t oid, str text, object key_of, object note_long) except -1:
+        """The fast path of ``tags(obj).add("text")``."""
+        cdef PyObject* found = PyDict_GetItem(self._str_index, text)
+        cdef uint32_t idx
+        cdef bytes key
+        if found is not NULL:
+            idx = <uint32_t><Py_ssize_t><object>found
+        else:
+            key = key_of(text)
+            idx = self._intern(key)
+            if PyBytes_GET_SIZE(key) == HASHED_LEN:
+                note_long(self.px, key)     # its full text is written at every commit using it
+            else:
+                self._str_index[text] = idx
+        return self._log(oid, idx, True)
+
+    # -- the read index ----------------------------------------------------------------
+
+    cdef _sync(self):
+        cdef Py_ssize_t i
+        cdef Op* op
+        cdef dict by_obj, by_tag
+        cdef PyObject* found
+        cdef object d
+        if self._by_obj is None or self._indexed > self._n:
+            self._by_obj = {}
+            self._by_tag = {}
+            self._indexed = 0
+        by_obj = self._by_obj
+        by_tag = self._by_tag
+        keys = self._keys
+        for i in range(self._indexed, self._n):
+            op = &self._ops[i]
+            oid = op.oid
+            key = <object>PyList_GET_ITEM(keys, op.tag)
+            present = bool(op.seq & 1)
+            found = PyDict_GetItem(by_obj, oid)
+            if found is NULL:
+                d = {}
+                by_obj[oid] = d
+            else:
+                d = <object>found
+            d[key] = present
+            found = PyDict_GetItem(by_tag, key)
+            if found is NULL:
+                d = {}
+                by_tag[key] = d
+            else:
+                d = <object>found
+            d[oid] = present
+        self._indexed = self._n
+
+    def has(self, oid, bytes tag):
+        self._sync()
+        cdef PyObject* found = PyDict_GetItem(self._by_obj, oid)
+        if found is not NULL:
+            mine = <dict>found
+            if tag in mine:
+                return mine[tag]
+        return self.px.storage.dup_contains("obj_tags", _pack_oid(oid), tag)
+
+    def pending_of(self, oid):
+        """``{tag: present}`` pending for one object (empty if none)."""
+        self._sync()
+        cdef PyObject* found = PyDict_GetItem(self._by_obj, oid)
+        return dict(<dict>found) if found is not NULL else {}
+
+    def tags_of(self, oid):
+        """Sorted tag keys of ``oid`` (committed, with pending changes applied)."""
+        tags = set(self.px.storage.dup_list("obj_tags", _pack_oid(oid)))
+        self._sync()
+        cdef PyObject* found = PyDict_GetItem(self._by_obj, oid)
+        if found is not NULL:
+            for tag, present in (<dict>found).items():
+                if present:
+                    tags.add(tag)
+                else:
+                    tags.discard(tag)
+        return sorted(tags)
+
+    def reference_count(self, oid):
+        """Number of distinct tags of ``oid`` that count as references (not class tags)."""
+        cdef Py_ssize_t n = 0
+        for tag in self.tags_of(oid):
+            if _is_reference_key(tag):
+                n += 1
+        return n
+
+    def is_referenced(self, oid):
+        """Does ``oid`` carry any tag that counts as a reference?  (Garbage collection:
+        one cursor walk over its committed tags, plus the pending overlay.)"""
+        cdef dict mine = None
+        self._sync()
+        cdef PyObject* found = PyDict_GetItem(self._by_obj, oid)
+        if found is not NULL:
+            mine = <dict>found
+            for tag, present in mine.items():
+                if present and _is_reference_key(tag):
+                    return True
+        for tag in self.px.storage.dup_list("obj_tags", _pack_oid(oid)):
+            if _is_reference_key(tag) and (mine is None or mine.get(tag, True)):
+                return True
+        return False
+
+    def committed_members(self, bytes tag):
+        return self.px.storage.dup_values("tags", tag)
+
+    def pending_for(self, bytes tag):
+        """``{oid: present}`` pending for one tag (read-your-writes of queries)."""
+        self._sync()
+        cdef PyObject* found = PyDict_GetItem(self._by_tag, tag)
+        return <dict>found if found is not NULL else {}
+
+    # -- atomic blocks and resets ---------------------------------------------------------
+
+    def snapshot(self):
+        """A token for :meth:`restore` (the log is append-only between commits)."""
+        return self._n
+
+    def restore(self, Py_ssize_t token):
+        """Forget the operations recorded after :meth:`snapshot`."""
+        if token < self._n:
+            self._n = token
+            self._by_obj = None       # rebuilt on next read
+
+    def clear(self):
+        """Drop every pending operation."""
+        self._n = 0
+        self._by_obj = None
+        self._by_tag = None
+        self._indexed = 0
+        if PyList_GET_SIZE(self._keys) > 100_000:
+            self._keys = []
+            self._key_index = {}
+            self._str_index = {}
+
+    def __bool__(self):
+        return self._n > 0
+
+    def __len__(self):
+        return self._n
+
+    # -- commit ------------------------------------------------------------------------------
+
+    def flush(self, batch):
+        """Hand the pending changes to ``batch`` as sorted runs (see WriteBatch.dup_set)."""
+        cdef Py_ssize_t n = self._n, i, j, m, nt
+        if n == 0:
+            return
+        cdef list keys = self._keys
+        cdef Py_ssize_t k = PyList_GET_SIZE(keys)
+        cdef Op* w = <Op*>malloc(n * sizeof(Op))
+        cdef uint32_t* rank = <uint32_t*>malloc(k * sizeof(uint32_t))
+        cdef Py_ssize_t* start = NULL
+        cdef Py_ssize_t* order = NULL
+        cdef PyObject** oid_bytes = NULL
+        cdef bint by_oid, by_pair
+        cdef Op tmp
+        cdef list tag_keys, o_adds, o_removes, t_adds, t_removes
+        if w is NULL or rank is NULL:
+            free(w)
+            free(rank)
+            raise MemoryError()
+        try:
+            # Ranks of the tags used, in byte order (LMDB's order of keys and duplicates).
+            for i in range(k):
+                rank[i] = 0xFFFFFFFF
+            used = []
+            for i in range(n):
+                if rank[self._ops[i].tag] == 0xFFFFFFFF:
+                    rank[self._ops[i].tag] = 0
+                    used.append(self._ops[i].tag)
+            used.sort(key=keys.__getitem__)
+            nt = len(used)
+            tag_keys = [keys[<Py_ssize_t>t] for t in used]
+            for i in range(nt):
+                rank[<Py_ssize_t>used[i]] = <uint32_t>i
+            memcpy(w, self._ops, n * sizeof(Op))
+            by_oid = by_pair = True
+            for i in range(n):
+                w[i].tag = rank[w[i].tag]
+                if i and w[i].oid <= w[i - 1].oid:
+                    if w[i].oid < w[i - 1].oid:
+                        by_oid = by_pair = False
+                    elif w[i].tag <= w[i - 1].tag:
+                        by_pair = False
+            if not by_oid:
+                qsort(w, n, sizeof(Op), _cmp_ops)
+            elif not by_pair:
+                # In id order already (the usual bulk loop): sort each object's few ops.
+                for i in range(1, n):
+                    j = i
+                    while j and w[j - 1].oid == w[j].oid and _cmp_ops(&w[j - 1], &w[j]) > 0:
+                        tmp = w[j]
+                        w[j] = w[j - 1]
+                        w[j - 1] = tmp
+                        j -= 1
+            # The last operation on each (oid, tag) wins.
+            m = 0
+            for i in range(n):
+                if i + 1 < n and w[i + 1].oid == w[i].oid and w[i + 1].tag == w[i].tag:
+                    continue
+                w[m] = w[i]
+                m += 1
+            # obj_tags: (oid, tag) pairs in (oid, tag) order.
+            oid_bytes = <PyObject**>malloc((m if m else 1) * sizeof(PyObject*))
+            if oid_bytes is NULL:
+                raise MemoryError()
+            o_adds = []
+            o_removes = []
+            okey = None
+            for i in range(m):
+                if okey is None or w[i].oid != w[i - 1].oid:
+                    okey = _pack_oid(w[i].oid)
+                oid_bytes[i] = <PyObject*>okey      # borrowed: the pair below holds it
+                pair = _pair(okey, <bytes>PyList_GET_ITEM(tag_keys, w[i].tag))
+                if w[i].seq & 1:
+                    o_adds.append(pair)
+                else:
+                    o_removes.append(pair)
+            # tags: (tag, oid) pairs in (tag, oid) order - a stable counting sort by tag.
+            start = <Py_ssize_t*>malloc((nt + 1) * sizeof(Py_ssize_t))
+            order = <Py_ssize_t*>malloc((m if m else 1) * sizeof(Py_ssize_t))
+            if start is NULL or order is NULL:
+                raise MemoryError()
+            for j in range(nt + 1):
+                start[j] = 0
+            for i in range(m):
+                start[w[i].tag + 1] += 1
+            for j in range(nt):
+                start[j + 1] += start[j]
+            for i in range(m):
+                order[start[w[i].tag]] = i
+                start[w[i].tag] += 1
+            t_adds = []
+            t_removes = []
+            for j in range(m):
+                i = order[j]
+                pair = _pair(<bytes>PyList_GET_ITEM(tag_keys, w[i].tag), <bytes>oid_bytes[i])
+                if w[i].seq & 1:
+                    t_adds.append(pair)
+                else:
+                    t_removes.append(pair)
+        finally:
+            free(w)
+            free(rank)
+            free(start)
+            free(order)
+            free(oid_bytes)
+        batch.dup_set("tags", t_adds, t_removes)
+        batch.dup_set("obj_tags", o_adds, o_removes)
+        self.clear()
+
+
+# -- storage helpers ---------------------------------------------------------------------
+
+cdef inline tuple _pair(object a, object b):
+    """``(a, b)``, not tracked by the cyclic GC (bytes cannot form cycles): a commit makes
+    hundreds of thousands of these and must not make the collector walk them."""
+    cdef tuple t = (a, b)
+    PyObject_GC_UnTrack(t)
+    return t
+
+
+cdef inline Py_ssize_t _len_size(Py_ssize_t n, Py_ssize_t fixmax):
+    return 1 if n <= fixmax else (3 if n < 0x10000 else 5)
+
+
+cdef inline char* _put_len(char* p, Py_ssize_t n, unsigned char fix, unsigned char b16,
+                           unsigned char b32, Py_ssize_t fixmax):
+    if n <= fixmax:
+        p[0] = <char>(fix | n)
+        return p + 1
+    if n < 0x10000:
+        p[0] = <char>b16
+        p[1] = <char>((n >> 8) & 0xFF)
+        p[2] = <char>(n & 0xFF)
+        return p + 3
+    p[0] = <char>b32
+    p[1] = <char>((n >> 24) & 0xFF)
+    p[2] = <char>((n >> 16) & 0xFF)
+    p[3] = <char>((n >> 8) & 0xFF)
+    p[4] = <char>(n & 0xFF)
+    return p + 5
+
+
+cdef inline Py_ssize_t _members_size(list pairs, Py_ssize_t lo, Py_ssize_t hi):
+    cdef Py_ssize_t i, ln, size = _len_size(hi - lo, 15)
+    for i in range(lo, hi):
+        ln = PyBytes_GET_SIZE(<bytes>PyTuple_GET_ITEM(<tuple>PyList_GET_ITEM(pairs, i), 1))
+        size += ln + (2 if ln < 0x100 else (3 if ln < 0x10000 else 5))
+    return size
+
+
+cdef inline char* _put_members(char* p, list pairs, Py_ssize_t lo, Py_ssize_t hi):
+    """msgpack array of the bin values of pairs[lo:hi]."""
+    cdef Py_ssize_t i, ln
+    cdef bytes v
+    p = _put_len(p, hi - lo, 0x90, 0xDC, 0xDD, 15)
+    for i in range(lo, hi):
+        v = <bytes>PyTuple_GET_ITEM(<tuple>PyList_GET_ITEM(pairs, i), 1)
+        ln = PyBytes_GET_SIZE(v)
+        if ln < 0x100:
+            p[0] = <char>0xC4
+            p[1] = <char>ln
+            p += 2
+        else:
+            p = _put_len(p, ln, 0, 0xC5, 0xC6, -1)
+        memcpy(p, PyBytes_AS_STRING(v), ln)
+        p += ln
+    return p
+
+
+cdef inline bytes _key_of(list pairs, Py_ssize_t i):
+    return <bytes>PyTuple_GET_ITEM(<tuple>PyList_GET_ITEM(pairs, i), 0)
+
+
+cdef inline bint _same(bytes a, bytes b):
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(a)
+    return a is b or (n == PyBytes_GET_SIZE(b) and memcmp(PyBytes_AS_STRING(a), PyBytes_AS_STRING(b), n) == 0)
+
+
+def split_by_floor(list pairs, bytes floor, bint member_is_value):
+    """``(old, new)``: pairs whose member (value, else the first 8 bytes of the key) is
+    an 8-byte id below ``floor`` and the others; both keep their order."""
+    cdef list old = [], new = []
+    cdef Py_ssize_t i, n = PyList_GET_SIZE(pairs)
+    cdef bytes member
+    cdef const char* f = PyBytes_AS_STRING(floor)
+    for i in range(n):
+        pair = <object>PyList_GET_ITEM(pairs, i)
+        member = <bytes>PyTuple_GET_ITEM(<tuple>pair, 1 if member_is_value else 0)
+        if PyBytes_GET_SIZE(member) >= 8 and memcmp(PyBytes_AS_STRING(member), f, 8) >= 0:
+            new.append(pair)
+        else:
+            old.append(pair)
+    return old, new
+
+
+def membership_history(int db_id, bytes state, list added, list removed, list journal):
+    """History records ``[(db id + key + state, msgpack [added values, removed values])]``
+    for the changed pairs of one duplicate-set table (both lists sorted by key), one per
+    key; each key is also appended to ``journal`` as ``(db id, key)``."""
+    cdef list out = []
+    cdef Py_ssize_t i = 0, j = 0, i2, j2, size, klen
+    cdef Py_ssize_t na = PyList_GET_SIZE(added), nr = PyList_GET_SIZE(removed)
+    cdef bytes key, hkey, value
+    cdef char* p
+    cdef int c
+    db_obj = db_id
+    while i < na or j < nr:
+        if j >= nr:
+            key = _key_of(added, i)
+        elif i >= na:
+            key = _key_of(removed, j)
+        else:
+            key = _key_of(added, i)
+            if _key_of(removed, j) < key:
+                key = _key_of(removed, j)
+        i2 = i
+        while i2 < na and _same(_key_of(added, i2), key):
+            i2 += 1
+        j2 = j
+        while j2 < nr and _same(_key_of(removed, j2), key):
+            j2 += 1
+        klen = PyBytes_GET_SIZE(key)
+        hkey = PyBytes_FromStringAndSize(NULL, klen + 9)
+        p = PyBytes_AS_STRING(hkey)
+        p[0] = <char>db_id
+        memcpy(p + 1, PyBytes_AS_STRING(key), klen)
+        memcpy(p + 1 + klen, PyBytes_AS_STRING(state), 8)
+        size = 1 + _members_size(added, i, i2) + _members_size(removed, j, j2)
+        value = PyBytes_FromStringAndSize(NULL, size)
+        p = PyBytes_AS_STRING(value)
+        p[0] = <char>0x92
+        p = _put_members(p + 1, added, i, i2)
+        _put_members(p, removed, j, j2)
+        out.append(_pair(hkey, value))
+        journal.append(_pair(db_obj, key))
+        i, j = i2, j2
+    return out
+
+
+# -- db0.tags(...) ------------------------------------------------------------------------
+
+cdef object _errors = None
+cdef object _str_key = None
+cdef object _note_long = None
+cdef object _set_marker = None
+
+
+def configure(errors, str_key, note_long):
+    """Install helpers from dbzero/tags.py (avoids an import cycle)."""
+    global _errors, _str_key, _note_long
+    _errors = errors
+    _str_key = str_key
+    _note_long = note_long
+
+
+# Memo object fields, read past MemoBase.__getattribute__ (which only adds checks that
+# _check_target makes itself).
+cdef str _A_FLAGS = "_flags"
+cdef str _A_PX = "_px"
+cdef str _A_OID = "_oid"
+
+
+cdef inline int _check_target(object obj, object px, bint present) except -1:
+    cdef int flags = PyObject_GenericGetAttr(obj, _A_FLAGS)
+    if flags & F_DEAD:
+        raise _errors.ReferenceError("Memo instance expired")
+    if flags & F_CLOSED or px.closed:
+        raise _errors.ObjectClosedError("Object is no longer accessible")
+    if flags & F_READONLY or px.readonly:
+        if present:
+            raise _errors.ReadOnlyError("ObjectTagManager: cannot add tags to read-only object")
+        raise _errors.ReadOnlyError("ObjectTagManager: cannot remove tags from read-only object")
+    return 0
+
+
+cdef class TagManagerCore:
+    """The fast part of ``db0.tags(*objs)``: adding str tags to one memo object.  Other
+    cases go to ``_apply`` (dbzero/tags.py, ObjectTagManager)."""
+
+    cdef public tuple _objs
+
+    def __init__(self, tuple objs):
+        self._objs = objs
+
+    def add(self, *tags):
+        """Add tags (str, enum values, memo objects, ``as_tag(...)``; iterables expand)."""
+        cdef tuple objs = self._objs
+        cdef object texts = tags
+        if PyTuple_GET_SIZE(objs) == 1 and isinstance(<object>PyTuple_GET_ITEM(objs, 0), MemoBase):
+            if PyTuple_GET_SIZE(tags) == 1:
+                texts = <object>PyTuple_GET_ITEM(tags, 0)
+                if not (PyList_CheckExact(texts) or PyTuple_CheckExact(texts)):
+                    texts = tags
+            if _add_strs(<object>PyTuple_GET_ITEM(objs, 0), texts):
+                return
+        self._apply(tags, True)
+
+    def remove(self, *tags):
+        """Remove tags; removing a tag the object does not carry is a no-op."""
+        self._apply(tags, False)
+
+
+cdef bint _add_strs(object obj, object texts) except -1:
+    """Add the str tags in list/tuple ``texts`` to ``obj``; False (nothing done) if some
+    element is not a str."""
+    cdef Py_ssize_t i, n = len(texts)
+    for i in range(n):
+        if not PyUnicode_CheckExact(texts[i]):
+            return False
+    px = PyObject_GenericGetAttr(obj, _A_PX)
+    _check_target(obj, px, True)
+    if n == 0:
+        return True
+    cdef TagStore store = <TagStore>px.tags
+    cdef uint64_t oid = PyObject_GenericGetAttr(obj, _A_OID)
+    lock = px.lock
+    lock.acquire()
+    try:
+        for i in range(n):
+            store.add_str(oid, <str>texts[i], _str_key, _note_long)
+        px.changed = True
+    finally:
+        lock.release()
+    return True
