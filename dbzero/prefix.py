@@ -18,6 +18,7 @@ Life cycle of a persistent object (memo object or collection) inside a prefix::
 
 from __future__ import annotations
 
+import gc
 import struct
 import weakref
 from typing import Any, Dict, Iterable, List, Optional, Set
@@ -343,9 +344,12 @@ class Prefix(PrefixCore):
             info.singleton_oid = 0
         obj._px = target
         obj._oid = target.new_oid()
-        target.register(obj)
-        target.mark_dirty(obj)
         cls = type(obj)
+        if cls.__db0_singleton__:
+            target.register(obj)
+        else:
+            target.track(obj)       # new objects with a count of 0 are tracked from birth
+        target.mark_dirty(obj)
         if cls.__db0_singleton__:
             tinfo = target.class_info(cls)
             tinfo.singleton_oid = obj._oid
@@ -436,6 +440,18 @@ class Prefix(PrefixCore):
         self.collect_garbage()
         if not (self.dirty or self.pending_deletes or self.tags or self.changed):
             return False
+        # The batch holds short-lived containers per changed object; letting Python's cyclic
+        # collector walk every live object again while they pile up costs more than the
+        # commit itself (nothing here creates cycles).
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            return self._write_commit()
+        finally:
+            if paused:
+                gc.enable()
+
+    def _write_commit(self) -> bool:
         batch = WriteBatch()
         self.pack_dirty(batch)
         for oid, obj in self.pending_deletes.items():

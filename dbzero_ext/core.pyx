@@ -20,11 +20,11 @@ from dbzero_ext.memo cimport MemoBase
 from dbzero_ext.codec import ABSENT as _ABSENT
 from dbzero_ext.codec import decode_uuid as _decode_uuid
 
-include "records.pxi"
 
 cdef extern from "Python.h":
     Py_ssize_t Py_REFCNT(object o)
     PyObject** _PyObject_GetDictPtr(object o)
+    long long PyLong_AsLongLongAndOverflow(object o, int* overflow) except? -1
     object PyObject_GenericGetAttr(object o, object name)
 
 
@@ -150,6 +150,9 @@ def record_of(MemoBase obj, ClassInfo info):
     return _record_of(obj, info)
 
 
+include "records.pxi"
+
+
 cdef class _ClassPlan:
     """What creating an instance of a memo class needs to know (read once per class)."""
     cdef object prefix_name
@@ -220,6 +223,8 @@ cdef class PrefixCore:
         ref = PyWeakref_NewRef(obj, self._dead_callback)
         self.objects[oid] = ref
         self._ref_oid[<size_t><PyObject*>ref] = oid
+        if len(self.objects) > self._sweep_at:
+            self._sweep()
 
     def is_tracked(self, oid):
         ref = self.objects.get(oid)
@@ -454,14 +459,18 @@ cdef class PrefixCore:
         obj._oid = oid
         obj._flags = F_NEW | F_INIT | F_DIRTY
         key = oid
-        self._register(oid, obj)
-        self.dirty[key] = obj
-        self.changed = True
         if not plan.singleton:
+            # Count 0 from birth: tracked at once (its death after the commit schedules it
+            # for collection), which spares a second weak reference at commit.
+            self._track(obj)
+            self.dirty[key] = obj
             self.zero_rc.add(key)
         else:
+            self._register(oid, obj)
+            self.dirty[key] = obj
             info.singleton_oid = key
             info.dirty = True
+        self.changed = True
         if not plan.no_default_tags:
             found = PyDict_GetItem(self._class_tags, cls)
             if found is NULL:
@@ -507,7 +516,7 @@ cdef class PrefixCore:
                 else:
                     info = <ClassInfo>found
                 key = _pack_oid(m._oid)
-                value = pack(_record_of(m, info))
+                value = _pack_record(m, info, pack)
                 flags = m._flags
                 if flags & F_NEW:
                     fresh.append((key, value))
@@ -524,10 +533,14 @@ cdef class PrefixCore:
         cdef set zero_rc = self.zero_rc
         cdef dict ref_oid = self._ref_oid
         cdef PyObject* ref
+        cdef int flags
         for oid, obj in self.dirty.items():
             if isinstance(obj, MemoBase):
                 m = <MemoBase>obj
-                m._flags &= ~(F_DIRTY | F_NEW | F_RCDIRTY)
+                flags = m._flags
+                m._flags = flags & ~(F_DIRTY | F_NEW | F_RCDIRTY)
+                if flags & F_NEW:
+                    continue    # created with a count of 0 and tracked since (_create)
             else:
                 obj._db0_committed()
             if oid in zero_rc:

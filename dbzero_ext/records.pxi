@@ -146,3 +146,153 @@ def read_record(bytes raw, Py_ssize_t offset, ext_hook):
     """The record in ``raw[offset:]`` as a list (for tests and tools)."""
     cdef _Reader r = _reader(raw, offset, ext_hook)
     return _read_array(r, _read_array_header(r))
+
+
+# -- writing records ----------------------------------------------------------------------
+# The writer emits the same bytes msgpack's Packer would (smallest int/str/bin forms, float
+# as float 64), so records written here and by the codec are interchangeable.  Values it
+# does not encode itself (tuples, dates, references, big ints, ...) are packed by the
+# codec and copied in.
+
+from libc.stdlib cimport realloc
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+
+cdef char* _wbuf = NULL        # one growing buffer, reused (callers hold the prefix lock)
+cdef Py_ssize_t _wcap = 0
+cdef Py_ssize_t _wlen = 0
+
+
+cdef int _reserve(Py_ssize_t n) except -1:
+    global _wbuf, _wcap
+    cdef Py_ssize_t cap
+    cdef char* grown
+    if _wlen + n <= _wcap:
+        return 0
+    cap = max(2 * _wcap, _wlen + n, 256)
+    grown = <char*>realloc(_wbuf, cap)
+    if grown == NULL:
+        raise MemoryError()
+    _wbuf = grown
+    _wcap = cap
+    return 0
+
+
+cdef inline int _put_header(unsigned char tag, unsigned long long v, int n) except -1:
+    global _wlen
+    cdef int i
+    _reserve(1 + n)
+    _wbuf[_wlen] = <char>tag
+    for i in range(n):
+        _wbuf[_wlen + 1 + i] = <char>((v >> (8 * (n - 1 - i))) & 0xFF)
+    _wlen += 1 + n
+    return 0
+
+
+cdef inline int _put_raw(const char* p, Py_ssize_t n) except -1:
+    global _wlen
+    _reserve(n)
+    memcpy(_wbuf + _wlen, p, n)
+    _wlen += n
+    return 0
+
+
+cdef int _put_sized(unsigned char small, Py_ssize_t small_limit, unsigned char b8,
+                    Py_ssize_t n) except -1:
+    if small and n < small_limit:
+        return _put_header(small | n, 0, 0)
+    if b8 and n < 256:
+        return _put_header(b8, n, 1)
+    if n < 65536:
+        return _put_header(b8 + 1, n, 2)
+    return _put_header(b8 + 2, n, 4)
+
+
+cdef int _write_value(object v, object pack) except -1:
+    cdef type t = type(v)
+    cdef int overflow = 0
+    cdef long long i
+    cdef double d
+    cdef unsigned long long bits
+    cdef const char* p
+    cdef Py_ssize_t n
+    if v is None:
+        return _put_header(0xc0, 0, 0)
+    if t is bool:
+        return _put_header(0xc3 if v else 0xc2, 0, 0)
+    if t is int:
+        i = PyLong_AsLongLongAndOverflow(v, &overflow)
+        if overflow == 0:
+            if i >= 0:
+                if i < 0x80:
+                    return _put_header(<unsigned char>i, 0, 0)
+                if i <= 0xff:
+                    return _put_header(0xcc, i, 1)
+                if i <= 0xffff:
+                    return _put_header(0xcd, i, 2)
+                if i <= 0xffffffff:
+                    return _put_header(0xce, i, 4)
+                return _put_header(0xcf, i, 8)
+            if i >= -32:
+                return _put_header(<unsigned char>(<signed char>i), 0, 0)
+            if i >= -128:
+                return _put_header(0xd0, <unsigned long long>i & 0xff, 1)
+            if i >= -32768:
+                return _put_header(0xd1, <unsigned long long>i & 0xffff, 2)
+            if i >= -2147483648:
+                return _put_header(0xd2, <unsigned long long>i & 0xffffffff, 4)
+            return _put_header(0xd3, <unsigned long long>i, 8)
+    elif t is float:
+        d = v
+        memcpy(&bits, &d, 8)
+        return _put_header(0xcb, bits, 8)
+    elif t is str:
+        p = PyUnicode_AsUTF8AndSize(v, &n)
+        _put_sized(0xa0, 32, 0xd9, n)
+        return _put_raw(p, n)
+    elif t is bytes:
+        n = PyBytes_GET_SIZE(v)
+        _put_sized(0, 0, 0xc4, n)
+        return _put_raw(PyBytes_AS_STRING(v), n)
+    elif v is _ABSENT:
+        return _put_raw(b"\xc7\x00\x0d", 3)
+    packed = pack(v)
+    return _put_raw(PyBytes_AS_STRING(packed), PyBytes_GET_SIZE(packed))
+
+
+cdef bytes _pack_record(MemoBase obj, ClassInfo info, object pack):
+    """``msgpack([class_id, refcount, slot...])`` of a memo object (trailing absent slots
+    dropped); field names not in the class layout yet extend it."""
+    global _wlen
+    cdef dict d = _dict_of(obj)
+    cdef dict index = info.field_index
+    cdef list fields
+    cdef PyObject* found
+    cdef Py_ssize_t idx, top = -1, k
+    for name in d:
+        found = PyDict_GetItem(index, name)
+        idx = <Py_ssize_t><object>found if found is not NULL else info.slot_of(name)
+        if idx > top:
+            top = idx
+    fields = info.fields
+    _wlen = 0
+    k = top + 3
+    if k < 16:
+        _put_header(0x90 | k, 0, 0)
+    elif k < 65536:
+        _put_header(0xdc, k, 2)
+    else:
+        _put_header(0xdd, k, 4)
+    _write_value(info.class_id, pack)
+    _write_value(obj._rc, pack)
+    for idx in range(top + 1):
+        found = PyDict_GetItem(d, fields[idx])
+        if found is NULL:
+            _put_raw(b"\xc7\x00\x0d", 3)
+        else:
+            _write_value(<object>found, pack)
+    return PyBytes_FromStringAndSize(_wbuf, _wlen)
+
+
+def pack_record(MemoBase obj, ClassInfo info, pack):
+    """The stored record of ``obj`` (for tests and tools)."""
+    return _pack_record(obj, info, pack)
