@@ -16,7 +16,8 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
 from cpython.weakref cimport PyWeakref_NewRef, PyWeakref_GetObject
 
-from dbzero_ext.memo cimport MemoBase
+from dbzero_ext.memo cimport (MemoBase, F_CLOSED, F_DEAD, F_DIRTY, F_GHOST, F_INIT, F_NEW,
+                              F_RCDIRTY, F_READONLY, F_RUNNING_INIT)
 from dbzero_ext.codec import ABSENT as _ABSENT
 from dbzero_ext.codec import decode_uuid as _decode_uuid
 
@@ -35,18 +36,6 @@ cdef inline dict _dict_of(object obj):
     if slot is not NULL and slot[0] is not NULL:
         return <dict>slot[0]
     return <dict>PyObject_GenericGetAttr(obj, "__dict__")
-
-# Flag bits: dbzero_ext/memo.pyx defines 1..128; these two are engine-only.
-cdef enum:
-    F_GHOST = 1
-    F_DIRTY = 2
-    F_NEW = 4
-    F_DEAD = 8
-    F_READONLY = 16
-    F_INIT = 32
-    F_CLOSED = 64
-    F_RUNNING_INIT = 256
-    F_RCDIRTY = 512     # only the reference count changed (record rewritten in place)
 
 RUNNING_INIT = F_RUNNING_INIT
 RCDIRTY = F_RCDIRTY
@@ -411,8 +400,7 @@ cdef class PrefixCore:
             if self.atomic_log is not None:
                 self.atomic_log.record(m)
             m._rc += 1
-            if m._rc == 1:
-                self.zero_rc.discard(m._oid)
+            self.zero_rc.discard(m._oid)
             self._mark_rc_dirty(m)
         else:
             obj._db0_incref()

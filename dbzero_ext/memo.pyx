@@ -36,18 +36,7 @@ cdef inline bint _is_int64(object value):
     PyLong_AsLongLongAndOverflow(value, &overflow)
     return overflow == 0
 
-# Flag bits (mirrored in dbzero/prefix.py).
-cdef enum:
-    F_GHOST = 1
-    F_DIRTY = 2
-    F_NEW = 4
-    F_DEAD = 8
-    F_READONLY = 16
-    F_INIT = 32
-    F_CLOSED = 64
-    F_TRACKED = 128   # an atomic block is active on this object's prefix
-    F_SLOW = 1 | 8 | 64
-    F_SLOW_WRITE = 1 | 8 | 16 | 64 | 128
+# Flag bits: declared in memo.pxd (shared with core.pyx), mirrored in dbzero/prefix.py.
 
 GHOST = F_GHOST
 DIRTY = F_DIRTY
