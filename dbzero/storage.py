@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import gc
 import os
 import struct
 import sys
@@ -31,7 +32,7 @@ import msgpack
 
 from dbzero_ext.core import with_header
 from dbzero_ext.postings import IdSet
-from dbzero_ext.tagstore import membership_history, split_by_floor
+from dbzero_ext.tagstore import first_of_each_key, membership_history, split_by_floor
 
 from .errors import ConflictError, FormatError, PrefixLockedError, PrefixNotFoundError, StorageError
 
@@ -501,9 +502,19 @@ class Storage:
                 for key, (added, removed) in changes.items():
                     txn.put(history_key(db_id, key, state), msgpack.packb([added, removed]), db=history)
                     journal.append((db_id, key))
-            for name in sorted(batch.dup_sets):
-                adds, removes = batch.dup_sets[name]
-                self._apply_dup_set(env, txn, name, adds, removes, id_floor, header, journal)
+            if batch.dup_sets:
+                # Bulk runs allocate a few tuples per changed key (history, journal), none
+                # in a cycle: hold the collector off rather than let it walk the heap.
+                collecting = gc.isenabled()
+                gc.disable()
+                try:
+                    for name in sorted(batch.dup_sets):
+                        adds, removes = batch.dup_sets[name]
+                        self._apply_dup_set(env, txn, name, adds, removes, id_floor, header,
+                                            journal)
+                finally:
+                    if collecting:
+                        gc.enable()
             for key, value in batch.meta.items():
                 txn.put(key, value, db=meta)
             if journal:
@@ -533,7 +544,14 @@ class Storage:
             if old:
                 child = env.begin(write=True, parent=txn)
                 try:
-                    consumed, n_added = child.cursor(db=db).putmulti(old, dupdata=False)
+                    cur = child.cursor(db=db)
+                    # APPENDDUP skips the search inside each key's duplicates; safe when
+                    # every key's new values all sort after its current last one (checked
+                    # per key: few keys in `tags`, one per object in `obj_tags`).
+                    append = member_is_value and all(
+                        not cur.set_key(key) or (cur.last_dup() and cur.value() < first)
+                        for key, first in first_of_each_key(old))
+                    consumed, n_added = cur.putmulti(old, dupdata=False, append=append)
                 except BaseException:
                     child.abort()
                     raise

@@ -44,7 +44,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from dbzero_ext.postings import IdSet, difference, intersect, intersect_many, union, union_many
 from dbzero_ext import tagstore as _tagstore
-from dbzero_ext.tagstore import TagManagerCore
+from dbzero_ext.tagstore import ObjectTagManager, tags
 
 from . import errors, workspace
 from .enums import EnumValue, enum_value_for
@@ -246,82 +246,74 @@ class _NoLock:
 _NO_LOCK = _NoLock()
 
 
-class ObjectTagManager(TagManagerCore):
-    """``db0.tags(*objs)``: add, remove, test and list the tags of memo objects.
+# ``db0.tags(*objs)`` returns a dbzero_ext.tagstore.ObjectTagManager: it adds str tags to
+# one object itself and calls these for everything else.
 
-    ``add`` of str tags to one object is handled in dbzero_ext/tagstore.pyx; every other
-    case comes here through ``_apply``.
-    """
+def _targets(objs: Tuple[Any, ...]) -> List[Any]:
+    if all(isinstance(o, MemoBase) for o in objs):
+        return list(objs)
+    out: List[Any] = []
+    for o in objs:
+        if isinstance(o, MemoBase):
+            out.append(o)
+        else:
+            out.extend(o)
+    return out
 
-    __slots__ = ()
 
-    def _targets(self) -> List[Any]:
-        objs = self._objs
-        if all(isinstance(o, MemoBase) for o in objs):
-            return list(objs)
-        out: List[Any] = []
-        for o in objs:
-            if isinstance(o, MemoBase):
-                out.append(o)
-            else:
-                out.extend(o)
-        return out
-
-    def _apply(self, tags: Tuple[Any, ...], present: bool) -> None:
-        keys: List[Any] = []
-        for tag in tags:
-            if type(tag) is str:
-                key = _str_keys.get(tag)
-                keys.append(key if key is not None else str_key(tag))
-            else:
-                _tag_key(tag, keys)
-        targets = self._targets()
+def _apply(objs: Tuple[Any, ...], tags: Tuple[Any, ...], present: bool) -> None:
+    keys: List[Any] = []
+    for tag in tags:
+        if type(tag) is str:
+            key = _str_keys.get(tag)
+            keys.append(key if key is not None else str_key(tag))
+        else:
+            _tag_key(tag, keys)
+    targets = _targets(objs)
+    for obj in targets:
+        _check_target(obj, present)
+    if not keys:
+        return
+    lock = targets[0]._px.lock if targets else None
+    with lock or _NO_LOCK:
         for obj in targets:
-            _check_target(obj, present)
-        if not keys:
-            return
-        lock = targets[0]._px.lock if targets else None
-        with lock or _NO_LOCK:
-            for obj in targets:
-                _apply_one(obj._px, obj, keys, present)
+            _apply_one(obj._px, obj, keys, present)
 
-    def __contains__(self, tag: Any) -> bool:
-        keys: List[Any] = []
-        _tag_key(tag, keys)
-        targets = self._targets()
-        if not targets:
-            return False
-        for obj in targets:
-            px = obj._px
-            with px.lock:
-                for key in keys:
-                    key = resolve_key(px, key)
-                    if key is None or not px.tags.has(obj._oid, key):
-                        return False
-        return True
 
-    def __iter__(self) -> Iterator[Any]:
-        common: Optional[List[bytes]] = None
-        px = None
-        targets = self._targets()
-        for obj in targets:
-            if obj._flags & F_DEAD:
-                raise errors.ReferenceError("Memo instance expired")
-            px = obj._px
-            with px.lock:
-                own = _default_tags(px, type(obj))
-                mine = [k for k in px.tags.tags_of(obj._oid) if k not in own and k != MARKER_KEY]
-            if common is None:
-                common = mine
-            else:
-                keep = set(mine)
-                common = [k for k in common if k in keep]
-        if not common or px is None:
-            return iter(())
-        return iter([_decode_tag(px, k) for k in common])
+def _contains(objs: Tuple[Any, ...], tag: Any) -> bool:
+    keys: List[Any] = []
+    _tag_key(tag, keys)
+    targets = _targets(objs)
+    if not targets:
+        return False
+    for obj in targets:
+        px = obj._px
+        with px.lock:
+            for key in keys:
+                key = resolve_key(px, key)
+                if key is None or not px.tags.has(obj._oid, key):
+                    return False
+    return True
 
-    def __repr__(self) -> str:
-        return f"<db0.ObjectTagManager of {len(self._objs)} object(s)>"
+
+def _iterate(objs: Tuple[Any, ...]) -> Iterator[Any]:
+    common: Optional[List[bytes]] = None
+    px = None
+    for obj in _targets(objs):
+        if obj._flags & F_DEAD:
+            raise errors.ReferenceError("Memo instance expired")
+        px = obj._px
+        with px.lock:
+            own = _default_tags(px, type(obj))
+            mine = [k for k in px.tags.tags_of(obj._oid) if k not in own and k != MARKER_KEY]
+        if common is None:
+            common = mine
+        else:
+            keep = set(mine)
+            common = [k for k in common if k in keep]
+    if not common or px is None:
+        return iter(())
+    return iter([_decode_tag(px, k) for k in common])
 
 
 def _default_tags(px: Any, cls: type) -> set:
@@ -393,15 +385,7 @@ def _decode_tag(px: Any, key: bytes) -> Any:
     return Tag(key)
 
 
-def tags(*objs: Any) -> ObjectTagManager:
-    """The tag manager of memo objects (or of every object of a query)."""
-    for obj in objs:
-        if not isinstance(obj, (MemoBase, Query)):
-            raise errors.Error("All arguments must be dbzero memo objects or object queries")
-    return ObjectTagManager(objs)
-
-
-_tagstore.configure(errors, str_key, _note_long_key)
+_tagstore.configure(errors, str_key, _note_long_key, _apply, _contains, _iterate, Query)
 
 
 # -- find ----------------------------------------------------------------------------------------

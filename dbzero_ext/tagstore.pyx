@@ -26,6 +26,8 @@ from libc.stdlib cimport malloc, realloc, free, qsort
 from libc.string cimport memcpy, memcmp
 from libc.stdint cimport uint64_t, uint32_t
 
+cimport cython
+import gc as _gc
 from cpython.object cimport PyObject_GenericGetAttr
 
 from dbzero_ext.memo import MemoBase
@@ -307,6 +309,18 @@ cdef class TagStore:
 
     def flush(self, batch):
         """Hand the pending changes to ``batch`` as sorted runs (see WriteBatch.dup_set)."""
+        # Building the runs allocates two tuples per pair; none can form a cycle, so the
+        # collector is held off instead of walking the whole heap in the middle.
+        cdef bint collecting = _gc.isenabled()
+        if collecting:
+            _gc.disable()
+        try:
+            self._flush(batch)
+        finally:
+            if collecting:
+                _gc.enable()
+
+    cdef _flush(self, batch):
         cdef Py_ssize_t n = self._n, i, j, m, nt
         if n == 0:
             return
@@ -483,6 +497,19 @@ cdef inline bint _same(bytes a, bytes b):
     return a is b or (n == PyBytes_GET_SIZE(b) and memcmp(PyBytes_AS_STRING(a), PyBytes_AS_STRING(b), n) == 0)
 
 
+def first_of_each_key(list pairs):
+    """``[(key, first value)]`` for each run of equal keys in sorted ``pairs``."""
+    cdef list out = []
+    cdef Py_ssize_t i, n = PyList_GET_SIZE(pairs)
+    cdef bytes key, prev = None
+    for i in range(n):
+        key = _key_of(pairs, i)
+        if prev is None or not _same(key, prev):
+            out.append((key, <bytes>PyTuple_GET_ITEM(<tuple>PyList_GET_ITEM(pairs, i), 1)))
+            prev = key
+    return out
+
+
 def split_by_floor(list pairs, bytes floor, bint member_is_value):
     """``(old, new)``: pairs whose member (value, else the first 8 bytes of the key) is
     an 8-byte id below ``floor`` and the others; both keep their order."""
@@ -549,15 +576,25 @@ def membership_history(int db_id, bytes state, list added, list removed, list jo
 cdef object _errors = None
 cdef object _str_key = None
 cdef object _note_long = None
-cdef object _set_marker = None
+cdef object _apply = None
+cdef object _contains = None
+cdef object _iterate = None
+cdef object _query_type = None
+cdef type _MemoBase = MemoBase
 
 
-def configure(errors, str_key, note_long):
-    """Install helpers from dbzero/tags.py (avoids an import cycle)."""
-    global _errors, _str_key, _note_long
+def configure(errors, str_key, note_long, apply, contains, iterate, query_type):
+    """Install helpers from dbzero/tags.py (avoids an import cycle): the str key of a
+    tag, the long-name hook, and the general paths of add/remove, ``in`` and iteration
+    (``fn(objs, ...)``)."""
+    global _errors, _str_key, _note_long, _apply, _contains, _iterate, _query_type
     _errors = errors
     _str_key = str_key
     _note_long = note_long
+    _apply = apply
+    _contains = contains
+    _iterate = iterate
+    _query_type = query_type
 
 
 # Memo object fields, read past MemoBase.__getattribute__ (which only adds checks that
@@ -580,11 +617,13 @@ cdef inline int _check_target(object obj, object px, bint present) except -1:
     return 0
 
 
-cdef class TagManagerCore:
-    """The fast part of ``db0.tags(*objs)``: adding str tags to one memo object.  Other
-    cases go to ``_apply`` (dbzero/tags.py, ObjectTagManager)."""
+@cython.freelist(8)
+cdef class ObjectTagManager:
+    """``db0.tags(*objs)``: add, remove, test and list the tags of memo objects (or of
+    every object of a query).  Adding str tags to one object is handled here; the other
+    cases are in dbzero/tags.py."""
 
-    cdef public tuple _objs
+    cdef readonly tuple _objs
 
     def __init__(self, tuple objs):
         self._objs = objs
@@ -593,18 +632,37 @@ cdef class TagManagerCore:
         """Add tags (str, enum values, memo objects, ``as_tag(...)``; iterables expand)."""
         cdef tuple objs = self._objs
         cdef object texts = tags
-        if PyTuple_GET_SIZE(objs) == 1 and isinstance(<object>PyTuple_GET_ITEM(objs, 0), MemoBase):
+        if PyTuple_GET_SIZE(objs) == 1 and isinstance(<object>PyTuple_GET_ITEM(objs, 0), _MemoBase):
             if PyTuple_GET_SIZE(tags) == 1:
                 texts = <object>PyTuple_GET_ITEM(tags, 0)
                 if not (PyList_CheckExact(texts) or PyTuple_CheckExact(texts)):
                     texts = tags
             if _add_strs(<object>PyTuple_GET_ITEM(objs, 0), texts):
                 return
-        self._apply(tags, True)
+        _apply(objs, tags, True)
 
     def remove(self, *tags):
         """Remove tags; removing a tag the object does not carry is a no-op."""
-        self._apply(tags, False)
+        _apply(self._objs, tags, False)
+
+    def __contains__(self, tag):
+        return _contains(self._objs, tag)
+
+    def __iter__(self):
+        return _iterate(self._objs)
+
+    def __repr__(self):
+        return f"<db0.ObjectTagManager of {len(self._objs)} object(s)>"
+
+
+def tags(*objs):
+    """The tag manager of memo objects (or of every object of a query)."""
+    for obj in objs:
+        if not isinstance(obj, _MemoBase) and not isinstance(obj, _query_type):
+            raise _errors.Error("All arguments must be dbzero memo objects or object queries")
+    cdef ObjectTagManager mgr = ObjectTagManager.__new__(ObjectTagManager)
+    mgr._objs = objs
+    return mgr
 
 
 cdef bint _add_strs(object obj, object texts) except -1:
@@ -625,7 +683,6 @@ cdef bint _add_strs(object obj, object texts) except -1:
     try:
         for i in range(n):
             store.add_str(oid, <str>texts[i], _str_key, _note_long)
-        px.changed = True
     finally:
         lock.release()
     return True
