@@ -157,7 +157,7 @@ def read_record(bytes raw, Py_ssize_t offset, ext_hook):
 from libc.stdlib cimport realloc
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 
-cdef char* _wbuf = NULL        # one growing buffer, reused (callers hold the prefix lock)
+cdef char* _wbuf = NULL        # one growing buffer, reused (callers hold the workspace lock)
 cdef Py_ssize_t _wcap = 0
 cdef Py_ssize_t _wlen = 0
 
@@ -268,29 +268,34 @@ cdef bytes _pack_record(MemoBase obj, ClassInfo info, object pack):
     cdef list fields
     cdef PyObject* found
     cdef Py_ssize_t idx, top = -1, k
+    # The record is written after whatever the buffer holds: the codec fallback runs Python
+    # code, which could pack another record before this one is finished.
+    cdef Py_ssize_t start = _wlen
     for name in d:
         found = PyDict_GetItem(index, name)
         idx = <Py_ssize_t><object>found if found is not NULL else info.slot_of(name)
         if idx > top:
             top = idx
     fields = info.fields
-    _wlen = 0
-    k = top + 3
-    if k < 16:
-        _put_header(0x90 | k, 0, 0)
-    elif k < 65536:
-        _put_header(0xdc, k, 2)
-    else:
-        _put_header(0xdd, k, 4)
-    _write_value(info.class_id, pack)
-    _write_value(obj._rc, pack)
-    for idx in range(top + 1):
-        found = PyDict_GetItem(d, fields[idx])
-        if found is NULL:
-            _put_raw(b"\xc7\x00\x0d", 3)
+    try:
+        k = top + 3
+        if k < 16:
+            _put_header(0x90 | k, 0, 0)
+        elif k < 65536:
+            _put_header(0xdc, k, 2)
         else:
-            _write_value(<object>found, pack)
-    return PyBytes_FromStringAndSize(_wbuf, _wlen)
+            _put_header(0xdd, k, 4)
+        _write_value(info.class_id, pack)
+        _write_value(obj._rc, pack)
+        for idx in range(top + 1):
+            found = PyDict_GetItem(d, fields[idx])
+            if found is NULL:
+                _put_raw(b"\xc7\x00\x0d", 3)
+            else:
+                _write_value(<object>found, pack)
+        return PyBytes_FromStringAndSize(_wbuf + start, _wlen - start)
+    finally:
+        _wlen = start
 
 
 def pack_record(MemoBase obj, ClassInfo info, pack):

@@ -234,3 +234,29 @@ def test_record_writer_matches_msgpack_bytes(fields, layout):
     back = codec.unpack(packed)
     assert back[:2] == [20, len(fields)]
     assert {info.fields[i]: v for i, v in enumerate(back[2:]) if v is not ABSENT} == fields
+
+
+def test_record_writer_survives_packing_another_record_midway():
+    # The codec fallback runs Python code; if that code packs another record, the outer
+    # record must come out whole.
+    from dbzero_ext.codec import Codec
+    from dbzero_ext.core import ClassInfo, pack_record, record_of
+    from dbzero_ext.memo import MemoBase
+    codec = Codec(lambda v: None, None, lambda v: None, None)
+
+    class Plain(MemoBase):
+        pass
+
+    inner, outer = MemoBase.__new__(Plain), MemoBase.__new__(Plain)
+    vars(inner).update(x="inner" * 50, y=7)
+    vars(outer).update(a=1, b=(1, 2), c="outer" * 60)
+    info = ClassInfo(21, "tests:Plain", [], Plain)
+    inner_packed = []
+
+    def nested_pack(value):
+        inner_packed.append(pack_record(inner, info, codec.pack))
+        return codec.pack(value)
+
+    packed = pack_record(outer, info, nested_pack)
+    assert inner_packed and inner_packed[0] == codec.pack(record_of(inner, info))
+    assert packed == codec.pack(record_of(outer, info))
