@@ -419,7 +419,10 @@ class Prefix(PrefixCore):
                 self.zero_rc.discard(oid)
                 continue
             if isinstance(obj, MemoBase) and self.tags.is_referenced(oid):
-                continue    # tags keep it alive; removing the last one makes it a candidate
+                # Tags keep it alive; removing its last tag makes it a candidate again
+                # (tags.py), so it need not be watched until then.
+                self.zero_rc.discard(oid)
+                continue
             self.delete_object(obj, force=True)
             del obj
             if self.gc_candidates:

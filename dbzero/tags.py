@@ -354,10 +354,10 @@ def _apply_one(px: Any, obj: Any, keys: List[Any], present: bool) -> None:
         if present and len(key) == HASHED_LEN:
             _note_long_key(px, key)
     px.note_change()
-    if not present and oid in px.zero_rc:
+    if not present and obj._rc <= 0:
         # Its last tag may be gone: let the collector look at it (it stays alive while
         # Python holds it, or while it has a reference or another tag).
-        px.gc_candidates.add(oid)
+        px.note_unreferenced(obj)
 
 
 def _decode_tag(px: Any, key: bytes) -> Any:

@@ -215,6 +215,23 @@ cdef class PrefixCore:
         if len(self.objects) > self._sweep_at:
             self._sweep()
 
+    def note_unreferenced(self, obj):
+        """``obj`` may have lost its last reference (e.g. its last tag): watch it, and let
+        the next commit's collector look at it."""
+        oid = obj._oid
+        if self.shared:
+            # Shared writers collect only what they created or released themselves.
+            if oid in self.zero_rc:
+                self.gc_candidates.add(oid)
+            return
+        if getattr(type(obj), "__db0_singleton__", False):
+            return
+        self.zero_rc.add(oid)
+        self.gc_candidates.add(oid)
+        ref = self.objects.get(oid)
+        if ref is None or (<size_t><PyObject*>ref) not in self._ref_oid:
+            self._track(obj)
+
     def is_tracked(self, oid):
         ref = self.objects.get(oid)
         return ref is not None and (<size_t><PyObject*>ref) in self._ref_oid
@@ -353,9 +370,10 @@ cdef class PrefixCore:
             raise
         obj._rc = rc
         obj._flags &= ~F_GHOST
-        if obj._rc == 0 and not self.shared and info.singleton_oid != obj._oid:
-            # (Shared writers collect only what they created or released themselves: a
-            # count-0 object loaded here may be held by the process that created it.)
+        if obj._rc == 0 and not self.shared and not self.readonly and info.singleton_oid != obj._oid:
+            # (Read-only prefixes never collect.  Shared writers collect only what they
+            # created or released themselves: a count-0 object loaded here may be held by
+            # the process that created it.)
             self.zero_rc.add(obj._oid)
             self._track(obj)
 

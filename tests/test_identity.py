@@ -5,6 +5,7 @@ import gc
 import pytest
 
 import dbzero as db0
+from dbzero import workspace
 
 
 @db0.memo
@@ -178,3 +179,47 @@ def test_cross_prefix_references_are_weak(root):
     assert db0.expired(d.ref)
     with pytest.raises(db0.ReferenceError):
         d.ref.text
+
+
+def test_readers_do_not_watch_unreferenced_objects(root):
+    # A read-only prefix never collects: loading count-0 objects must not build up
+    # collector state (a long-running reader would grow without bound).
+    db0.init(root, prefix="test", autocommit=False)
+    uids = []
+    for i in range(50):
+        it = Item()
+        db0.tags(it).add("kept")
+        uids.append(db0.uuid(it))
+    db0.commit()
+    db0.close()
+    db0.init(root)
+    db0.open("test", "r")
+    for uid in uids:
+        assert db0.fetch(uid).ref is None
+    gc.collect()
+    px = db0.fetch(uids[0])._px
+    assert not px.zero_rc and not px.gc_candidates
+
+
+def test_tagged_objects_are_not_rewatched_and_untagging_collects(db):
+    uids = []
+    for i in range(20):
+        it = Item()
+        db0.tags(it).add("kept")
+        uids.append(db0.uuid(it))
+    del it
+    db0.commit()
+    db0.clear_cache()
+    gc.collect()
+    for uid in uids:
+        assert db0.fetch(uid).ref is None        # loaded with count 0, dropped again
+    gc.collect()
+    db0.commit()
+    px = workspace.current().current_prefix()
+    assert not px.zero_rc and not px.gc_candidates      # tags keep them: nothing to watch
+    assert all(db0.exists(u) for u in uids)
+    for uid in uids[:5]:
+        db0.tags(db0.fetch(uid)).remove("kept")
+    gc.collect()
+    db0.commit()
+    assert [db0.exists(u) for u in uids] == [False] * 5 + [True] * 15
