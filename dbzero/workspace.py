@@ -25,6 +25,7 @@ from dbzero_ext.codec import decode_uuid, encode_uuid, qualified_name
 
 from . import errors
 from . import coordinator, sharing
+from .cache import chunk_cache
 from .prefix import Prefix, WeakRef
 from .storage import Storage
 
@@ -85,6 +86,7 @@ class Workspace:
             "no_auto_migrate": no_auto_migrate, "restricted": restricted,
         }
         self.cache_capacity = cache_size
+        chunk_cache.set_capacity(cache_size)    # the decoded-chunk cache is process-wide
         self.lock_flags = dict(lock_flags or {})
         self.durability = durability
         self.default_shared = bool(shared)          # open(..., "rw") of shared writers

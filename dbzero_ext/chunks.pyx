@@ -165,6 +165,12 @@ cdef array.array _Q_TEMPLATE = _pyarray.array("q")
 cdef object _od_move_to_end = OrderedDict.move_to_end
 
 # Installed by dbzero.collections (avoids importing the Python layer from here).
+# Cache-size estimates of decoded chunks: each item costs its list slot plus the object
+# itself (ints and floats take 32 bytes, short strings ~50), each dict entry two objects
+# and its hash-table slot.  Encoded sizes alone undercount Python memory several times.
+DEF ITEM_COST = 48
+DEF ENTRY_COST = 112
+
 cdef object _cache = None             # dbzero.cache.chunk_cache
 cdef object _cache_items = None       # its OrderedDict: key -> (value, size)
 cdef object _WeakRef = None           # dbzero.prefix.WeakRef
@@ -1051,7 +1057,7 @@ cdef class SeqBase(CollectionBase):
             size = len(raw) + 64
         else:
             items = _Chunk(self._codec.unpack(raw))
-            size = 64 + 16 * len(items) + 2 * len(raw)
+            size = 64 + ITEM_COST * len(items) + 2 * len(raw)
         if keep:
             self._cput(cid, items, size)
         return items
@@ -1597,7 +1603,7 @@ cdef class SeqBase(CollectionBase):
             else:
                 if self._hflags & HAS_REFS and chunk_has_refs(items):
                     items = _Chunk([placeholder1(px, x) for x in items])
-                self._cput(cid, items, 64 + 16 * len(items) + 2 * size)
+                self._cput(cid, items, 64 + ITEM_COST * len(items) + 2 * size)
         self._dirty = {}
         self._fresh = set()
         self._flushed = {}
@@ -2236,7 +2242,7 @@ cdef class HashBase(CollectionBase):
                 for i in range(0, n, 4):
                     d[flat[i]] = entry3(flat[i + 1], flat[i + 2], flat[i + 3])
         if keep:
-            self._cput(b * 2, d, 128 + 48 * len(d) + 2 * (len(raw) if raw is not None else 0))
+            self._cput(b * 2, d, 128 + ENTRY_COST * len(d) + 2 * (len(raw) if raw is not None else 0))
         return d
 
     cdef object _wbucket(self, long long b):
@@ -2301,7 +2307,7 @@ cdef class HashBase(CollectionBase):
         if raw is None:
             return None
         obj = _Chunk(self._codec.unpack(raw))
-        self._cput(c * 2 + 1, obj, 64 + 16 * len(obj) + 2 * len(raw))
+        self._cput(c * 2 + 1, obj, 64 + ITEM_COST * len(obj) + 2 * len(raw))
         return obj
 
     cdef list _wochunk(self, long long c):
@@ -2762,11 +2768,11 @@ cdef class HashBase(CollectionBase):
             if refs:
                 d = new_bucket({ek: (placeholder1(px, e[0]), placeholder1(px, e[1]), e[2])
                              for ek, e in d.items()})
-            self._cput(b * 2, d, 128 + 48 * len(d) + 2 * self._flushed.get(b * 2, 0))
+            self._cput(b * 2, d, 128 + ENTRY_COST * len(d) + 2 * self._flushed.get(b * 2, 0))
         for c, oc in self._dord.items():
             if not oc:
                 continue
-            self._cput(c * 2 + 1, oc, 64 + 16 * len(oc) + 2 * self._flushed.get(c * 2 + 1, 0))
+            self._cput(c * 2 + 1, oc, 64 + ITEM_COST * len(oc) + 2 * self._flushed.get(c * 2 + 1, 0))
         self._dbk = {}
         self._dord = {}
         self._flushed = {}

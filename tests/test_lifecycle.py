@@ -50,6 +50,7 @@ def test_config(root):
     db0.init(root, autocommit=False, cache_size=1 << 20, unknown_option=1)
     cfg = db0.get_config()
     assert cfg["autocommit"] is False and cfg["cache_size"] == 1 << 20
+    assert db0.get_cache_stats()["capacity"] == 1 << 20     # the option bounds the cache
     assert cfg["autocommit_interval"] == 367
     assert db0.build_flags() == ""
 

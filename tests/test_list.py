@@ -640,7 +640,7 @@ def test_bounded_memory_two_million_ints(db):
         grown = _rss() - base
         from dbzero.cache import chunk_cache
         assert chunk_cache.size <= cache
-        assert grown < cache + (120 << 20), (grown, peak_build)
+        assert grown < cache + (40 << 20), (grown, peak_build)
     finally:
         db0.set_cache_size(2 << 30)
 
