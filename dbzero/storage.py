@@ -31,7 +31,7 @@ import lmdb
 import msgpack
 
 from dbzero_ext.postings import IdSet
-from dbzero_ext.tagstore import first_of_each_key, membership_history, split_by_floor
+from dbzero_ext.tagstore import first_of_each_key, join_journal, membership_history, split_by_floor
 
 from .errors import ConflictError, FormatError, PrefixLockedError, PrefixNotFoundError, StorageError
 
@@ -495,8 +495,10 @@ class Storage:
                 for key, (added, removed) in changes.items():
                     txn.put(history_key(db_id, key, state), msgpack.packb([added, removed]), db=history)
                     journal.append((db_id, key))
+            # Journal entries of bulk membership runs, already msgpack-encoded: (blob, count).
+            packed_journal: List[Tuple[bytes, int]] = []
             if batch.dup_sets:
-                # Bulk runs allocate a few tuples per changed key (history, journal), none
+                # Bulk runs allocate a few tuples per changed key (history records), none
                 # in a cycle: hold the collector off rather than let it walk the heap.
                 collecting = gc.isenabled()
                 gc.disable()
@@ -504,21 +506,22 @@ class Storage:
                     for name in sorted(batch.dup_sets):
                         adds, removes = batch.dup_sets[name]
                         self._apply_dup_set(env, txn, name, adds, removes, id_floor, header,
-                                            journal)
+                                            packed_journal)
                 finally:
                     if collecting:
                         gc.enable()
             for key, value in batch.meta.items():
                 txn.put(key, value, db=meta)
-            if journal:
-                txn.put(JOURNAL + header, msgpack.packb(journal), db=history)
+            if journal or packed_journal:
+                txn.put(JOURNAL + header, join_journal(msgpack.packb(journal), packed_journal),
+                        db=history)
             txn.put(b"oids@" + header, txn.get(b"next_oid", db=meta), db=meta)
             txn.put(b"state", header, db=meta)
         return state
 
     def _apply_dup_set(self, env: lmdb.Environment, txn: lmdb.Transaction, name: str,
                        adds: list, removes: list, id_floor: bytes, header: bytes,
-                       journal: list) -> None:
+                       packed_journal: list) -> None:
         """Write one ``dup_set`` run and the history of the memberships it really changes.
 
         Members created since the previous commit (ids at or above ``id_floor``) need no
@@ -556,7 +559,8 @@ class Storage:
                     added = [pair for pair in old if txn.put(pair[0], pair[1], dupdata=False, db=db)]
         if added or removed:
             # One history record per (key, state): the members it added and removed.
-            records = membership_history(db_id, header, added, removed, journal)
+            records, blob, count = membership_history(db_id, header, added, removed)
+            packed_journal.append((blob, count))
             self._put_many(txn, self._dbs["history"], records, dupdata=False)
 
     @staticmethod

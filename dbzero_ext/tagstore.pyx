@@ -23,7 +23,7 @@ from cpython.list cimport PyList_GET_SIZE, PyList_GET_ITEM
 from cpython.tuple cimport PyTuple_GET_SIZE, PyTuple_GET_ITEM
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.stdlib cimport malloc, realloc, free, qsort
-from libc.string cimport memcpy, memcmp
+from libc.string cimport memcpy, memcmp, memmove
 from libc.stdint cimport uint64_t, uint32_t
 
 cimport cython
@@ -196,8 +196,10 @@ cdef class TagStore:
     # -- the read index ----------------------------------------------------------------
 
     cdef _sync(self):
-        cdef Py_ssize_t i
-        cdef Op* op
+        # Ops are copied by value and the bound fixed up front: the dictionary work below
+        # may run other Python code, and nothing here must depend on the array staying put.
+        cdef Py_ssize_t i, n = self._n
+        cdef Op op
         cdef dict by_obj, by_tag
         cdef PyObject* found
         cdef object d
@@ -208,8 +210,8 @@ cdef class TagStore:
         by_obj = self._by_obj
         by_tag = self._by_tag
         keys = self._keys
-        for i in range(self._indexed, self._n):
-            op = &self._ops[i]
+        for i in range(self._indexed, n):
+            op = self._ops[i]
             oid = op.oid
             key = <object>PyList_GET_ITEM(keys, op.tag)
             present = bool(op.seq & OP_PRESENT)
@@ -227,7 +229,7 @@ cdef class TagStore:
             else:
                 d = <object>found
             d[oid] = present
-        self._indexed = self._n
+        self._indexed = n
 
     def has(self, oid, bytes tag):
         self._sync()
@@ -473,7 +475,14 @@ cdef class TagStore:
             free(oid_bytes)
         batch.dup_set("tags", t_adds, t_removes)
         batch.dup_set("obj_tags", o_adds, o_removes)
-        self.clear()
+        if self._n == n:
+            self.clear()
+        else:       # (only if ops were recorded meanwhile, which the prefix lock prevents)
+            memmove(self._ops, self._ops + n, (self._n - n) * sizeof(Op))
+            self._n -= n
+            for i in range(self._n):
+                self._ops[i].seq = <uint32_t>((i << OP_SHIFT) | (self._ops[i].seq & 7))
+            self._by_obj = None
 
 
 # -- storage helpers ---------------------------------------------------------------------
@@ -574,17 +583,18 @@ def split_by_floor(list pairs, bytes floor, bint member_is_value):
     return old, new
 
 
-def membership_history(int db_id, bytes state, list added, list removed, list journal):
-    """History records ``[(db id + key + state, msgpack [added values, removed values])]``
-    for the changed pairs of one duplicate-set table (both lists sorted by key), one per
-    key; each key is also appended to ``journal`` as ``(db id, key)``."""
+def membership_history(int db_id, bytes state, list added, list removed):
+    """History records of the changed pairs of one duplicate-set table (both lists sorted
+    by key): ``([(db id + key + state, msgpack [added values, removed values])], journal,
+    count)``, one record per key; ``journal`` is the msgpack encoding of the ``count``
+    journal entries ``[db id, key]`` (see join_journal)."""
     cdef list out = []
-    cdef Py_ssize_t i = 0, j = 0, i2, j2, size, klen
+    cdef Py_ssize_t i = 0, j = 0, i2, j2, size, klen, count = 0
     cdef Py_ssize_t na = PyList_GET_SIZE(added), nr = PyList_GET_SIZE(removed)
     cdef bytes key, hkey, value
     cdef char* p
-    cdef int c
-    db_obj = db_id
+    cdef bytearray journal = bytearray()
+    cdef char entry[8]
     while i < na or j < nr:
         if j >= nr:
             key = _key_of(added, i)
@@ -613,9 +623,43 @@ def membership_history(int db_id, bytes state, list added, list removed, list jo
         p = _put_members(p + 1, added, i, i2)
         _put_members(p, removed, j, j2)
         out.append(_pair(hkey, value))
-        journal.append(_pair(db_obj, key))
+        # [db id (positive fixint), bin key]
+        entry[0] = <char>0x92
+        entry[1] = <char>db_id
+        if klen < 0x100:
+            entry[2] = <char>0xC4
+            entry[3] = <char>klen
+            journal += entry[:4]
+        else:
+            entry[2] = <char>0xC5
+            entry[3] = <char>((klen >> 8) & 0xFF)
+            entry[4] = <char>(klen & 0xFF)
+            journal += entry[:5]
+        journal += key
+        count += 1
         i, j = i2, j2
-    return out
+    return out, bytes(journal), count
+
+
+def join_journal(bytes packed, list extra):
+    """One msgpack array: the items of array ``packed`` followed by the ``(encoded items,
+    count)`` chunks of ``extra``."""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(packed)
+    cdef Py_ssize_t n, head
+    if p[0] & 0xF0 == 0x90:
+        n, head = p[0] & 0x0F, 1
+    elif p[0] == 0xDC:
+        n, head = (p[1] << 8) | p[2], 3
+    else:
+        n = (<Py_ssize_t>p[1] << 24) | (p[2] << 16) | (p[3] << 8) | p[4]
+        head = 5
+    parts = [packed[head:]]
+    for blob, count in extra:
+        n += count
+        parts.append(blob)
+    cdef char buf[5]
+    cdef char* end = _put_len(buf, n, 0x90, 0xDC, 0xDD, 15)
+    return buf[:end - buf] + b"".join(parts)
 
 
 # -- db0.tags(...) ------------------------------------------------------------------------
