@@ -6,6 +6,7 @@ import random
 import shutil
 import tempfile
 
+import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
@@ -666,3 +667,26 @@ def test_class_tags_of_new_object_edited_in_same_commit(db):
     db0.tags(t).remove(db0.as_tag(Team))
     db0.commit()
     assert names(db0.find(Team)) == ["e"] and names(db0.find("x")) == ["t"]
+
+
+@pytest.mark.parametrize("n", [3000, 6000])
+def test_blind_adds_mixed_with_existing_pairs(db, n):
+    objs = [Employee(f"e{i}") for i in range(n)]
+    db0.commit()
+    for o in objs:
+        db0.tags(o).add("a")
+    db0.commit()
+    s1 = db0.snapshot()
+    for i, o in enumerate(objs):
+        db0.tags(o).add(["a", "c"] if i % 997 == 0 else ["c"])   # a few pairs already present
+    db0.commit()
+    s2 = db0.snapshot()
+    assert len(s1.find("c")) == 0 and len(s2.find("c")) == n and len(s2.find("a")) == n
+    s1.close()
+    s2.close()
+    storage = objs[0]._px.storage
+    journal = [(db_id, bytes(key)) for db_id, key in storage.journal(storage.state)]
+    assert (5, b"sa") not in journal and (5, b"sc") in journal
+    assert sum(1 for db_id, _ in journal if db_id == 6) == n
+    raw = storage.history_scan("obj_tags", objs[0]._oid.to_bytes(8, "big"), storage.state - 1)
+    assert raw is not None and msgpack.unpackb(raw[1]) == [[b"sc"], []]
