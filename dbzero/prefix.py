@@ -358,7 +358,7 @@ class Prefix(PrefixCore):
             target.zero_rc.add(obj._oid)
         if not cls.__db0_no_default_tags__:
             for tag in target.workspace.class_tags(target, cls):
-                target.tags.set(obj._oid, tag, True)
+                target.tags.add_to_new(obj._oid, tag)
 
     def discard_new(self, obj: Any) -> None:
         """Undo the creation of an object whose __init__ failed."""
@@ -377,9 +377,15 @@ class Prefix(PrefixCore):
         self.log_undo(obj)
         if self.atomic_log is not None:
             self.atomic_log.deleted(obj)
-        for tag in self.tags.tags_of(oid):
-            if self.tags.set(oid, tag, False) and not tag.startswith(b"C"):
-                pass  # tags of a deleted object no longer reference it; its count is moot
+        tags = set(self.tags.tags_of(oid))
+        if isinstance(obj, MemoBase) and not type(obj).__db0_no_default_tags__:
+            # Default class tags are not listed in obj_tags: take them from the class record.
+            info = self._classes_by_name.get(type(obj).__db0_type_id__)
+            if info is not None:
+                for class_id in (info.class_id, *info.base_ids):
+                    tags.add(b"C" + class_id.to_bytes(4, "big"))
+        for tag in tags:
+            self.tags.set(oid, tag, False)
         if isinstance(obj, MemoBase):
             for value in list(raw_dict(obj).values()):
                 self.release(value)

@@ -32,7 +32,7 @@ import msgpack
 
 from dbzero_ext.core import with_header
 from dbzero_ext.postings import IdSet
-from dbzero_ext.tagstore import first_of_each_key, membership_history, split_by_floor
+from dbzero_ext.tagstore import first_of_each_key, join_journal, membership_history, split_by_floor
 
 from .errors import ConflictError, FormatError, PrefixLockedError, PrefixNotFoundError, StorageError
 
@@ -502,8 +502,10 @@ class Storage:
                 for key, (added, removed) in changes.items():
                     txn.put(history_key(db_id, key, state), msgpack.packb([added, removed]), db=history)
                     journal.append((db_id, key))
+            # Journal entries of bulk membership runs, already msgpack-encoded: (blob, count).
+            packed_journal: List[Tuple[bytes, int]] = []
             if batch.dup_sets:
-                # Bulk runs allocate a few tuples per changed key (history, journal), none
+                # Bulk runs allocate a few tuples per changed key (history records), none
                 # in a cycle: hold the collector off rather than let it walk the heap.
                 collecting = gc.isenabled()
                 gc.disable()
@@ -511,27 +513,27 @@ class Storage:
                     for name in sorted(batch.dup_sets):
                         adds, removes = batch.dup_sets[name]
                         self._apply_dup_set(env, txn, name, adds, removes, id_floor, header,
-                                            journal)
+                                            packed_journal)
                 finally:
                     if collecting:
                         gc.enable()
             for key, value in batch.meta.items():
                 txn.put(key, value, db=meta)
-            if journal:
-                txn.put(JOURNAL + header, msgpack.packb(journal), db=history)
+            if journal or packed_journal:
+                txn.put(JOURNAL + header, join_journal(msgpack.packb(journal), packed_journal),
+                        db=history)
             txn.put(b"oids@" + header, txn.get(b"next_oid", db=meta), db=meta)
             txn.put(b"state", header, db=meta)
         return state
 
     def _apply_dup_set(self, env: lmdb.Environment, txn: lmdb.Transaction, name: str,
                        adds: list, removes: list, id_floor: bytes, header: bytes,
-                       journal: list) -> None:
+                       packed_journal: list) -> None:
         """Write one ``dup_set`` run and the history of the memberships it really changes.
 
         Members created since the previous commit (ids at or above ``id_floor``) need no
-        history and are put blindly.  Older members are put with NODUPDATA in a nested
-        transaction: if every pair was added (the usual case) it is kept as is; otherwise it
-        is discarded and the pairs are put one by one to learn which ones were new.
+        history and are put blindly.  Older members may already be present (adds are
+        recorded blindly): see _put_new for how the new ones are found.
         """
         db, db_id = self._dbs[name], DUP_DBS[name]
         member_is_value = name == "tags"
@@ -542,29 +544,47 @@ class Storage:
             if new:
                 self._put_many(txn, db, new, dupdata=True)
             if old:
-                child = env.begin(write=True, parent=txn)
-                try:
-                    cur = child.cursor(db=db)
-                    # APPENDDUP skips the search inside each key's duplicates; safe when
-                    # every key's new values all sort after its current last one (checked
-                    # per key: few keys in `tags`, one per object in `obj_tags`).
-                    append = member_is_value and all(
-                        not cur.set_key(key) or (cur.last_dup() and cur.value() < first)
-                        for key, first in first_of_each_key(old))
-                    consumed, n_added = cur.putmulti(old, dupdata=False, append=append)
-                except BaseException:
-                    child.abort()
-                    raise
-                if consumed == n_added == len(old):
-                    child.commit()
-                    added = old
-                else:
-                    child.abort()
-                    added = [pair for pair in old if txn.put(pair[0], pair[1], dupdata=False, db=db)]
+                added = self._put_new(env, txn, db, old, member_is_value)
         if added or removed:
             # One history record per (key, state): the members it added and removed.
-            records = membership_history(db_id, header, added, removed, journal)
+            records, blob, count = membership_history(db_id, header, added, removed)
+            packed_journal.append((blob, count))
             self._put_many(txn, self._dbs["history"], records, dupdata=False)
+
+    def _put_new(self, env: lmdb.Environment, txn: lmdb.Transaction, db, pairs: list,
+                 may_append: bool, chunk: int = 4096) -> list:
+        """Put sorted ``pairs`` into dupsort ``db``; returns those that were not there.
+
+        The pairs go in with NODUPDATA through a nested transaction: if every one was added
+        (the usual case) it is kept; if none was, it is dropped and nothing changed.  A mix
+        is redone in chunks the same way, and only a chunk that is itself mixed is put one
+        pair at a time.
+        """
+        child = env.begin(write=True, parent=txn)
+        try:
+            cur = child.cursor(db=db)
+            # APPENDDUP skips the search inside each key's duplicates; safe when every
+            # key's new values all sort after its current last one (checked per key: only
+            # for `tags`, which has few keys; `obj_tags` has one per object).
+            append = may_append and all(
+                not cur.set_key(key) or (cur.last_dup() and cur.value() < first)
+                for key, first in first_of_each_key(pairs))
+            consumed, n_added = cur.putmulti(pairs, dupdata=False, append=append)
+        except BaseException:
+            child.abort()
+            raise
+        if consumed == n_added == len(pairs):
+            child.commit()
+            return pairs
+        child.abort()
+        if n_added == 0 and not append:
+            return []
+        if len(pairs) > chunk:
+            added: list = []
+            for lo in range(0, len(pairs), chunk):
+                added += self._put_new(env, txn, db, pairs[lo:lo + chunk], may_append, chunk)
+            return added
+        return [pair for pair in pairs if txn.put(pair[0], pair[1], dupdata=False, db=db)]
 
     @staticmethod
     def _put_many(txn: lmdb.Transaction, db, items: list, dupdata: bool) -> None:

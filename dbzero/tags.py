@@ -347,6 +347,11 @@ def _apply_one(px: Any, obj: Any, keys: List[Any], present: bool) -> None:
             # Class postings tell materialisation the class of an object; once they are
             # edited by hand that no longer holds for this object (exact check: rare).
             if ts.has(oid, key) != present:
+                if not ts.has(oid, MARKER_KEY):
+                    # From now on obj_tags lists the object's class tags too.
+                    for own in _default_tags(px, type(obj)):
+                        if ts.has(oid, own):
+                            ts.list_class_tag(oid, own)
                 ts.set(oid, key, present)
                 ts.set(oid, MARKER_KEY, True)
             continue

@@ -23,7 +23,7 @@ from cpython.list cimport PyList_GET_SIZE, PyList_GET_ITEM
 from cpython.tuple cimport PyTuple_GET_SIZE, PyTuple_GET_ITEM
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.stdlib cimport malloc, realloc, free, qsort
-from libc.string cimport memcpy, memcmp
+from libc.string cimport memcpy, memcmp, memmove
 from libc.stdint cimport uint64_t, uint32_t
 
 cimport cython
@@ -51,10 +51,19 @@ cdef enum:
     MARKER_TAG = 0x58       # b"X": ... the marker never count as references
     HASHED_LEN = 465        # length of a hashed (long) tag key, see dbzero/tags.py
 
+# Op.seq flag bits.  A default class tag (given at creation) is written to `tags` only:
+# `obj_tags` lists an object's other tags, and its class tags only once they were edited by
+# hand (the marker `X` says so) - see docs/format.md.
+cdef enum:
+    OP_PRESENT = 1
+    OP_NO_OBJ_TAGS = 2      # write the `tags` posting only
+    OP_NO_TAGS = 4          # write the `obj_tags` entry only
+    OP_SHIFT = 3
+
 cdef struct Op:
     uint64_t oid
     uint32_t tag            # index into TagStore._keys (sort rank during flush)
-    uint32_t seq            # position in the log << 1 | present
+    uint32_t seq            # position in the log << 3 | OP_* bits
 
 
 cdef inline bytes _pack_oid(uint64_t oid):
@@ -143,25 +152,30 @@ cdef class TagStore:
         self._cap = cap
         return 0
 
-    cdef inline int _log(self, uint64_t oid, uint32_t tag, bint present) except -1:
+    cdef inline int _log(self, uint64_t oid, uint32_t tag, unsigned int flags) except -1:
         if self._n == self._cap:
             self._grow()
         cdef Op* op = &self._ops[self._n]
         op.oid = oid
         op.tag = tag
-        op.seq = <uint32_t>((self._n << 1) | present)
+        op.seq = <uint32_t>((self._n << OP_SHIFT) | flags)
         self._n += 1
         return 0
 
     def add_to_new(self, oid, bytes tag):
-        """Tag an object created since the last commit (class tags at creation)."""
-        self._log(oid, self._intern(tag), True)
+        """Give a new object one of its default class tags (a `tags` posting only)."""
+        self._log(oid, self._intern(tag), OP_PRESENT | OP_NO_OBJ_TAGS)
 
     def set(self, oid, bytes tag, bint present, committed=None):
         """Record that ``oid`` does (not) carry ``tag``.  Blind: nothing is looked up; the
         commit writes (and records history for) only what really changes.  Returns True."""
-        self._log(oid, self._intern(tag), present)
+        self._log(oid, self._intern(tag), OP_PRESENT if present else 0)
         return True
+
+    def list_class_tag(self, oid, bytes tag):
+        """List a default class tag the object carries in `obj_tags` too (its class tags
+        are about to be edited by hand)."""
+        self._log(oid, self._intern(tag), OP_PRESENT | OP_NO_TAGS)
 
     cdef int add_str(self, uint64_t oid, str text, object key_of, object note_long) except -1:
         """The fast path of ``tags(obj).add("text")``."""
@@ -177,13 +191,15 @@ cdef class TagStore:
                 note_long(self.px, key)     # its full text is written at every commit using it
             else:
                 self._str_index[text] = idx
-        return self._log(oid, idx, True)
+        return self._log(oid, idx, OP_PRESENT)
 
     # -- the read index ----------------------------------------------------------------
 
     cdef _sync(self):
-        cdef Py_ssize_t i
-        cdef Op* op
+        # Ops are copied by value and the bound fixed up front: the dictionary work below
+        # may run other Python code, and nothing here must depend on the array staying put.
+        cdef Py_ssize_t i, n = self._n
+        cdef Op op
         cdef dict by_obj, by_tag
         cdef PyObject* found
         cdef object d
@@ -194,11 +210,11 @@ cdef class TagStore:
         by_obj = self._by_obj
         by_tag = self._by_tag
         keys = self._keys
-        for i in range(self._indexed, self._n):
-            op = &self._ops[i]
+        for i in range(self._indexed, n):
+            op = self._ops[i]
             oid = op.oid
             key = <object>PyList_GET_ITEM(keys, op.tag)
-            present = bool(op.seq & 1)
+            present = bool(op.seq & OP_PRESENT)
             found = PyDict_GetItem(by_obj, oid)
             if found is NULL:
                 d = {}
@@ -213,7 +229,7 @@ cdef class TagStore:
             else:
                 d = <object>found
             d[oid] = present
-        self._indexed = self._n
+        self._indexed = n
 
     def has(self, oid, bytes tag):
         self._sync()
@@ -222,6 +238,9 @@ cdef class TagStore:
             mine = <dict>found
             if tag in mine:
                 return mine[tag]
+        if not _is_reference_key(tag):
+            # Default class tags are not listed in obj_tags; the postings are complete.
+            return self.px.storage.dup_contains("tags", tag, _pack_oid(oid))
         return self.px.storage.dup_contains("obj_tags", _pack_oid(oid), tag)
 
     def pending_of(self, oid):
@@ -231,7 +250,8 @@ cdef class TagStore:
         return dict(<dict>found) if found is not NULL else {}
 
     def tags_of(self, oid):
-        """Sorted tag keys of ``oid`` (committed, with pending changes applied)."""
+        """Sorted tag keys of ``oid`` (committed, with pending changes applied).  Default
+        class tags are included only while pending or after a hand edit (marker)."""
         tags = set(self.px.storage.dup_list("obj_tags", _pack_oid(oid)))
         self._sync()
         cdef PyObject* found = PyDict_GetItem(self._by_obj, oid)
@@ -332,7 +352,8 @@ cdef class TagStore:
         cdef Py_ssize_t* order = NULL
         cdef PyObject** oid_bytes = NULL
         cdef bint by_oid, by_pair
-        cdef Op tmp
+        cdef Op tmp, op_t, op_o
+        cdef Py_ssize_t g, last_t, last_o
         cdef list tag_keys, o_adds, o_removes, t_adds, t_removes
         if w is NULL or rank is NULL:
             free(w)
@@ -372,26 +393,52 @@ cdef class TagStore:
                         w[j] = w[j - 1]
                         w[j - 1] = tmp
                         j -= 1
-            # The last operation on each (oid, tag) wins.
+            # For each (oid, tag) and table, the last operation that writes that table wins.
             m = 0
-            for i in range(n):
-                if i + 1 < n and w[i + 1].oid == w[i].oid and w[i + 1].tag == w[i].tag:
-                    continue
-                w[m] = w[i]
-                m += 1
+            i = 0
+            while i < n:
+                j = i + 1
+                while j < n and w[j].oid == w[i].oid and w[j].tag == w[i].tag:
+                    j += 1
+                last_t = last_o = -1
+                for g in range(i, j):
+                    if not w[g].seq & OP_NO_TAGS:
+                        last_t = g
+                    if not w[g].seq & OP_NO_OBJ_TAGS:
+                        last_o = g
+                if last_t == last_o:
+                    w[m] = w[last_t]
+                    m += 1
+                else:
+                    op_t = w[last_t] if last_t >= 0 else w[i]
+                    op_o = w[last_o] if last_o >= 0 else w[i]
+                    if last_t >= 0:
+                        w[m] = op_t
+                        w[m].seq |= OP_NO_OBJ_TAGS
+                        m += 1
+                    if last_o >= 0:
+                        w[m] = op_o
+                        w[m].seq |= OP_NO_TAGS
+                        m += 1
+                i = j
             # obj_tags: (oid, tag) pairs in (oid, tag) order.
             oid_bytes = <PyObject**>malloc((m if m else 1) * sizeof(PyObject*))
             if oid_bytes is NULL:
                 raise MemoryError()
             o_adds = []
             o_removes = []
+            keep = []
             okey = None
             for i in range(m):
                 if okey is None or w[i].oid != w[i - 1].oid:
                     okey = _pack_oid(w[i].oid)
-                oid_bytes[i] = <PyObject*>okey      # borrowed: the pair below holds it
+                oid_bytes[i] = <PyObject*>okey      # borrowed: kept alive by `keep`
+                if w[i].seq & OP_NO_OBJ_TAGS:
+                    if i == 0 or w[i].oid != w[i - 1].oid:
+                        keep.append(okey)
+                    continue
                 pair = _pair(okey, <bytes>PyList_GET_ITEM(tag_keys, w[i].tag))
-                if w[i].seq & 1:
+                if w[i].seq & OP_PRESENT:
                     o_adds.append(pair)
                 else:
                     o_removes.append(pair)
@@ -413,8 +460,10 @@ cdef class TagStore:
             t_removes = []
             for j in range(m):
                 i = order[j]
+                if w[i].seq & OP_NO_TAGS:
+                    continue
                 pair = _pair(<bytes>PyList_GET_ITEM(tag_keys, w[i].tag), <bytes>oid_bytes[i])
-                if w[i].seq & 1:
+                if w[i].seq & OP_PRESENT:
                     t_adds.append(pair)
                 else:
                     t_removes.append(pair)
@@ -426,7 +475,14 @@ cdef class TagStore:
             free(oid_bytes)
         batch.dup_set("tags", t_adds, t_removes)
         batch.dup_set("obj_tags", o_adds, o_removes)
-        self.clear()
+        if self._n == n:
+            self.clear()
+        else:       # (only if ops were recorded meanwhile, which the prefix lock prevents)
+            memmove(self._ops, self._ops + n, (self._n - n) * sizeof(Op))
+            self._n -= n
+            for i in range(self._n):
+                self._ops[i].seq = <uint32_t>((i << OP_SHIFT) | (self._ops[i].seq & 7))
+            self._by_obj = None
 
 
 # -- storage helpers ---------------------------------------------------------------------
@@ -527,17 +583,18 @@ def split_by_floor(list pairs, bytes floor, bint member_is_value):
     return old, new
 
 
-def membership_history(int db_id, bytes state, list added, list removed, list journal):
-    """History records ``[(db id + key + state, msgpack [added values, removed values])]``
-    for the changed pairs of one duplicate-set table (both lists sorted by key), one per
-    key; each key is also appended to ``journal`` as ``(db id, key)``."""
+def membership_history(int db_id, bytes state, list added, list removed):
+    """History records of the changed pairs of one duplicate-set table (both lists sorted
+    by key): ``([(db id + key + state, msgpack [added values, removed values])], journal,
+    count)``, one record per key; ``journal`` is the msgpack encoding of the ``count``
+    journal entries ``[db id, key]`` (see join_journal)."""
     cdef list out = []
-    cdef Py_ssize_t i = 0, j = 0, i2, j2, size, klen
+    cdef Py_ssize_t i = 0, j = 0, i2, j2, size, klen, count = 0
     cdef Py_ssize_t na = PyList_GET_SIZE(added), nr = PyList_GET_SIZE(removed)
     cdef bytes key, hkey, value
     cdef char* p
-    cdef int c
-    db_obj = db_id
+    cdef bytearray journal = bytearray()
+    cdef char entry[8]
     while i < na or j < nr:
         if j >= nr:
             key = _key_of(added, i)
@@ -566,9 +623,43 @@ def membership_history(int db_id, bytes state, list added, list removed, list jo
         p = _put_members(p + 1, added, i, i2)
         _put_members(p, removed, j, j2)
         out.append(_pair(hkey, value))
-        journal.append(_pair(db_obj, key))
+        # [db id (positive fixint), bin key]
+        entry[0] = <char>0x92
+        entry[1] = <char>db_id
+        if klen < 0x100:
+            entry[2] = <char>0xC4
+            entry[3] = <char>klen
+            journal += entry[:4]
+        else:
+            entry[2] = <char>0xC5
+            entry[3] = <char>((klen >> 8) & 0xFF)
+            entry[4] = <char>(klen & 0xFF)
+            journal += entry[:5]
+        journal += key
+        count += 1
         i, j = i2, j2
-    return out
+    return out, bytes(journal), count
+
+
+def join_journal(bytes packed, list extra):
+    """One msgpack array: the items of array ``packed`` followed by the ``(encoded items,
+    count)`` chunks of ``extra``."""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(packed)
+    cdef Py_ssize_t n, head
+    if p[0] & 0xF0 == 0x90:
+        n, head = p[0] & 0x0F, 1
+    elif p[0] == 0xDC:
+        n, head = (p[1] << 8) | p[2], 3
+    else:
+        n = (<Py_ssize_t>p[1] << 24) | (p[2] << 16) | (p[3] << 8) | p[4]
+        head = 5
+    parts = [packed[head:]]
+    for blob, count in extra:
+        n += count
+        parts.append(blob)
+    cdef char buf[5]
+    cdef char* end = _put_len(buf, n, 0x90, 0xDC, 0xDD, 15)
+    return buf[:end - buf] + b"".join(parts)
 
 
 # -- db0.tags(...) ------------------------------------------------------------------------

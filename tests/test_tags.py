@@ -6,6 +6,7 @@ import random
 import shutil
 import tempfile
 
+import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
@@ -613,3 +614,79 @@ def test_bulk_tagging_mixed_new_and_committed(db):
     assert len(s1.find("all")) == 0 and len(s1.find(Employee)) == 200
     s1.close()
     assert db0.getrefcount(old[3]) == 1 and db0.getrefcount(new[0]) == 2
+
+
+def test_hand_edited_class_tags(db, root):
+    e, m, keep = Employee("e"), Manager("m"), Employee("keep")
+    db0.tags(keep).add("keep")
+    db0.commit()
+    storage = e._px.storage
+    assert storage.dup_list("obj_tags", e._oid.to_bytes(8, "big")) == []   # class tags: postings only
+    db0.tags(e, m).add("live")
+    before = db0.snapshot()
+    db0.tags(e).remove(db0.as_tag(Employee))
+    db0.tags(m).add(db0.as_tag(Team))
+    assert db0.as_tag(Employee) not in db0.tags(e) and db0.as_tag(Employee) in db0.tags(m)
+    db0.commit()
+    assert names(db0.find(Employee)) == ["keep", "m"] and names(db0.find(Team)) == ["m"]
+    assert sorted(db0.tags(m), key=str) == sorted([Team, "live"], key=str)
+    assert names(before.find(Employee)) == ["e", "keep", "m"] and len(before.find(Team)) == 0
+    before.close()
+    uid_e, uid_m = db0.uuid(e), db0.uuid(m)
+    del e, m
+    db0.close()
+    db0.init(root, prefix="test", autocommit=False)
+    e, m = db0.fetch(uid_e), db0.fetch(uid_m)
+    assert db0.as_tag(Employee) not in db0.tags(e) and db0.as_tag(Manager) in db0.tags(m)
+    assert names(db0.find(Employee)) == ["keep", "m"]
+    db0.tags(e).add(db0.as_tag(Employee))
+    assert names(db0.find(Employee)) == ["e", "keep", "m"]
+    db0.tags(e, m).remove("live")
+    db0.delete(m)
+    db0.delete(e)
+    db0.commit()
+    assert names(db0.find(Employee)) == ["keep"] and len(db0.find(Team)) == 0
+    px = list(db0.find("keep"))[0]._px
+    for cls in (Employee, Manager, Team):   # no posting of the deleted objects is left behind
+        info = px.class_info(cls, create=False)
+        ids = px.storage.dup_list("tags", b"C" + info.class_id.to_bytes(4, "big"))
+        assert len(ids) == (1 if cls is Employee else 0)
+    assert px.storage.dup_list("tags", b"X") == []
+
+
+def test_class_tags_of_new_object_edited_in_same_commit(db):
+    e = Employee("e")
+    db0.tags(e).remove(db0.as_tag(Employee))
+    db0.tags(e).add(db0.as_tag(Employee), db0.as_tag(Team))
+    db0.commit()
+    assert names(db0.find(Employee)) == ["e"] and names(db0.find(Team)) == ["e"]
+    assert list(db0.tags(e)) == [Team]
+    db0.tags(e).add("live")
+    t = Team("t")
+    db0.tags(t).add("x")
+    db0.tags(t).remove(db0.as_tag(Team))
+    db0.commit()
+    assert names(db0.find(Team)) == ["e"] and names(db0.find("x")) == ["t"]
+
+
+@pytest.mark.parametrize("n", [3000, 6000])
+def test_blind_adds_mixed_with_existing_pairs(db, n):
+    objs = [Employee(f"e{i}") for i in range(n)]
+    db0.commit()
+    for o in objs:
+        db0.tags(o).add("a")
+    db0.commit()
+    s1 = db0.snapshot()
+    for i, o in enumerate(objs):
+        db0.tags(o).add(["a", "c"] if i % 997 == 0 else ["c"])   # a few pairs already present
+    db0.commit()
+    s2 = db0.snapshot()
+    assert len(s1.find("c")) == 0 and len(s2.find("c")) == n and len(s2.find("a")) == n
+    s1.close()
+    s2.close()
+    storage = objs[0]._px.storage
+    journal = [(db_id, bytes(key)) for db_id, key in storage.journal(storage.state)]
+    assert (5, b"sa") not in journal and (5, b"sc") in journal
+    assert sum(1 for db_id, _ in journal if db_id == 6) == n
+    raw = storage.history_scan("obj_tags", objs[0]._oid.to_bytes(8, "big"), storage.state - 1)
+    assert raw is not None and msgpack.unpackb(raw[1]) == [[b"sc"], []]
