@@ -318,7 +318,10 @@ cdef class PrefixCore:
         cdef MemoBase m
         obj = self._cached(oid)
         if obj is not None:
-            if isinstance(obj, MemoBase) and (<MemoBase>obj)._flags & F_DEAD:
+            if isinstance(obj, MemoBase):
+                if (<MemoBase>obj)._flags & F_DEAD:
+                    return None
+            elif obj._flags & F_DEAD:       # collections and indexes expose _flags too
                 return None
             return obj
         if self.pending_deletes and oid in self.pending_deletes:
