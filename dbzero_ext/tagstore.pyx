@@ -117,6 +117,7 @@ cdef class TagStore:
     cdef dict _by_obj
     cdef dict _by_tag
     cdef Py_ssize_t _indexed    # log entries already reflected in the read index
+    cdef object _lock, _acquire, _release   # the prefix lock and its bound methods
 
     def __cinit__(self, px=None):
         self.px = px
@@ -769,11 +770,14 @@ cdef bint _add_strs(object obj, object texts) except -1:
         return True
     cdef TagStore store = <TagStore>px.tags
     cdef uint64_t oid = PyObject_GenericGetAttr(obj, _A_OID)
-    lock = px.lock
-    lock.acquire()
+    if store._lock is None:
+        store._lock = px.lock
+        store._acquire = store._lock.acquire
+        store._release = store._lock.release
+    store._acquire()
     try:
         for i in range(n):
             store.add_str(oid, <str>texts[i], _str_key, _note_long)
     finally:
-        lock.release()
+        store._release()
     return True
