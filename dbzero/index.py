@@ -2,24 +2,35 @@
 
 Storage layout (collection kind 6; see docs/format.md)
 -------------------------------------------------------
-Header: ``objects[pack_oid(ix)] = codec.pack([6, refcount, number of pairs])``.
+Header: ``objects[pack_oid(ix)] = codec.pack([6, refcount, number of pairs, multi])``.
 
-Entries live in the versioned ``index`` table; ``P = pack_oid(ix)`` (8 bytes BE)::
+Each (key, object) pair is one *forward entry* ``section + ekey + tail`` and one
+*reverse entry* ``member + ekey``:
 
-    P + b"e" + ekey + tail  -> codec.pack(original key)      non-null keys, in key order
-    P + b"n" + tail         -> codec.pack(None)              null keys
-    P + b"r" + member + ekey -> b""                          reverse map (object -> keys)
+* ``section`` is ``b"e"`` for a non-null key and ``b"n"`` for the null key (whose ``ekey``
+  is empty), so null entries follow every keyed entry;
+* ``ekey`` is ``dbzero_ext.keys.encode_key(key)``: canonical and order-preserving, so byte
+  order is key order.  Mixed key types sort by type first - numbers (int, float, Decimal
+  and bool compare as numbers) < str < bytes < date < naive datetime < aware datetime <
+  time < tuple - then by value.  Equal keys (``1``, ``1.0``, ``True``) are the same key;
+* ``tail`` names the object: ``oid (8 BE) + b"\\x00"`` for an object of the index's prefix,
+  ``oid (8) + prefix uuid (7) + b"\\x01"`` for an object of another prefix (such entries
+  are weak, like every cross-prefix reference); ``member`` is ``oid (8) + b"\\x00"`` or
+  ``oid (8) + b"\\x01" + prefix uuid (7)``.
 
-``ekey`` is ``dbzero_ext.keys.encode_key(key)``: canonical and order-preserving, so LMDB's
-byte order is the key order.  Mixed key types sort by type first - numbers (int, float,
-Decimal and bool compare as numbers) < str < bytes < date < naive datetime < aware
-datetime < time < tuple - then by value.  Equal keys (``1``, ``1.0``, ``True``) are the
-same key.  In the reverse map the null key is the empty ``ekey``.
+Entries are stored in sorted *blocks* of up to ~4000 bytes (~200 numeric entries) in the
+versioned ``index`` table, ``P = pack_oid(ix)``::
 
-``tail`` names the object: ``oid (8 BE) + b"\\x00"`` for an object of the index's prefix,
-``oid (8) + prefix uuid (7) + b"\\x01"`` for an object of another prefix (such entries are
-weak, like every cross-prefix reference).  ``member`` in the reverse map is
-``oid (8) + b"\\x00"`` or ``oid (8) + b"\\x01" + prefix uuid (7)``.
+    P + b"f" + last forward entry of the block  -> forward block
+    P + b"r" + last reverse entry of the block  -> reverse block (object -> keys)
+
+A block value is its entries back to back, each preceded by its length (see
+``dbzero_ext/blocks.pxi``).  Keying a block by its last entry makes ``set_range`` land on
+the one block that can hold an entry, so a range select is one cursor walk over whole
+blocks and all per-entry work happens in C.  A commit merges the sorted pending adds and
+removes into the blocks they fall into and rewrites only those (splitting blocks that
+grew past the size; a block emptied by removals is deleted); a new index is written as
+full blocks.  Versioned history keeps the replaced blocks, so snapshots read old blocks.
 
 Semantics
 ---------
@@ -32,9 +43,13 @@ Semantics
 * ``sort(query, desc, null_first)``: the query's objects ordered by their key in this
   index (an object with several keys sorts by its first key in walk order); objects not
   in the index are dropped; equal keys keep the query's order (ascending object id for
-  ``find`` results).  Nulls are the largest keys unless ``null_first``.
-* Uncommitted adds/removes are kept in memory and merged into every read
-  (read-your-writes); a commit writes them in key order.
+  ``find`` results).  Nulls are the largest keys unless ``null_first``.  Small queries
+  look their objects' keys up in the reverse blocks and sort; large ones walk the
+  forward blocks filtering by membership.
+* Uncommitted adds/removes are kept in memory (sets of entries) and merged into every
+  read (read-your-writes); a commit writes them block by block.  An add checks the
+  committed blocks once (the last block read is reused, so adds with nearby keys cost no
+  LMDB read), which keeps reference counts exact at all times.
 
 Reads go through ``self._px.storage``; the hot loops are in ``dbzero_ext/query.pyx``.
 """
@@ -48,17 +63,19 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 
 from dbzero_ext.keys import encode_key
 from dbzero_ext.postings import IdSet
+from dbzero_ext.query import (BLOCK_BYTES, CursorSource, ListSource, OidSet, Probe, decode_block,
+                              encode_blocks, entry_member, lookup as _c_lookup, member_prefix,
+                              merge_entries, pair_entry, reverse_entries, scan as _c_scan,
+                              sort_entries, subtract_entries)
 
 from . import errors, workspace
 from .prefix import F_DEAD, MemoBase, pack_oid, register_collection_kind
 from .query import EMPTY, Materializer, Query, Result
 from .storage import Storage
 
-from dbzero_ext.query import OidSet, collect, lookup as _c_lookup, lookup_keys as _c_lookup_keys
-
 KIND = 6
-LOCAL = b"\x00"
-FOREIGN = b"\x01"
+FORWARD = b"f"
+REVERSE = b"r"
 
 _KEY_TYPES = (int, float, decimal.Decimal, str, bytes, _dt.date, _dt.time, tuple)
 # First bytes of encode_key per comparable type (numbers, str, bytes, date, datetime, time,
@@ -92,38 +109,21 @@ def _after(prefix: bytes) -> bytes:
     return stripped[:-1] + bytes((stripped[-1] + 1,))
 
 
-def _tail_of(obj: Any, px: Any) -> bytes:
-    if obj._px is px:
-        return pack_oid(obj._oid) + LOCAL
-    return pack_oid(obj._oid) + obj._px.uuid + FOREIGN
+def _split_entry(entry: bytes) -> Tuple[Any, bytes]:
+    """(member, ekey) of a forward entry; ekey b"" for the null key."""
+    tail = 9 if entry[-1] == 0 else 16
+    return entry_member(entry), (entry[1:-tail] if entry[0] == 0x65 else b"")
 
 
-def _rmember(tail: bytes) -> bytes:
-    return tail if tail[-1] == 0 else tail[:8] + FOREIGN + tail[8:15]
-
-
-def _split_suffix(suffix: bytes) -> Tuple[Any, bytes]:
-    """(member, ekey) of a forward suffix; ekey b"" for the null key."""
-    tail = 9 if suffix[-1] == 0 else 16
-    oid = int.from_bytes(suffix[-tail:-tail + 8], "big")
-    member = oid if tail == 9 else (suffix[-8:-1], oid)
-    return member, (suffix[1:-tail] if suffix[:1] == b"e" else b"")
-
-
-def _member_rkey(member: Any) -> bytes:
+def _entry_of(member: Any, ekey: bytes) -> bytes:
+    """The forward entry of a member and an encoded key (b"" = null)."""
     if type(member) is int:
-        return pack_oid(member) + LOCAL
-    return pack_oid(member[1]) + FOREIGN + member[0]
+        return pair_entry(ekey or None, member, None)
+    return pair_entry(ekey or None, member[1], member[0])
 
 
-# -- reverse-map reads without a cursor (snapshot views) ------------------------------------------
-
-def _lookup_py(storage: Any, rprefix: bytes, members: List[Any]) -> List[List[bytes]]:
-    out = []
-    for member in members:
-        p = rprefix + _member_rkey(member)
-        out.append([k[len(p):] for k, _v in storage.scan("index", p)])
-    return out
+def _member_of_obj(obj: Any, px: Any) -> Any:
+    return obj._oid if obj._px is px else (obj._px.uuid, obj._oid)
 
 
 # -- the index ------------------------------------------------------------------------------------
@@ -136,8 +136,8 @@ class Index:
 
     _db0_kind = KIND
     __slots__ = ("_px", "_oid", "_flags", "_db0_closed", "_db0_dead", "_loaded", "_refcount",
-                 "_count", "_new", "_adds", "_removes", "_cleared", "_sorted", "_removed_keys",
-                 "_by_member", "_multi", "_pend_members", "__weakref__")
+                 "_count", "_new", "_adds", "_removes", "_cleared", "_sorted", "_sorted_removes",
+                 "_by_member", "_multi", "_pend_members", "_probes", "_version", "__weakref__")
 
     def __init__(self) -> None:
         ws = workspace.current()
@@ -164,16 +164,19 @@ class Index:
         self._refcount = 0
         self._count = 0
         self._multi = False         # some object may have more than one key (conservative)
-        self._pend_members: Dict[bytes, int] = {}   # tail -> number of pending adds
+        self._pend_members: Dict[Any, int] = {}   # member -> number of pending adds
         self._new = False
-        self._adds: Dict[bytes, Any] = {}
-        self._removes: Set[bytes] = set()
+        self._adds: Set[bytes] = set()            # pending forward entries (not committed)
+        self._removes: Set[bytes] = set()         # committed forward entries pending removal
         self._cleared = False
+        self._probes: Optional[tuple] = None
+        self._version = 0
         self._changed()
 
     def _changed(self) -> None:
+        self._version += 1
         self._sorted: Optional[List[bytes]] = None
-        self._removed_keys: Optional[Set[bytes]] = None
+        self._sorted_removes: Optional[List[bytes]] = None
         self._by_member: Optional[Dict[Any, Tuple[Set[bytes], Set[bytes]]]] = None
 
     # -- persistence protocol (see dbzero/prefix.py) -------------------------------------------
@@ -235,33 +238,73 @@ class Index:
         self._load()
         batch.put("objects", prefix, px.codec.pack([KIND, self._refcount, self._count, int(self._multi)]),
                   fresh=self._new)
-        if self._cleared:
-            for key, _value in px.storage.scan("index", prefix):
-                batch.delete("index", key)
-        fresh = not self._cleared
-        reverse: List[Tuple[bytes, bool, Any]] = []
-        for suffix in sorted(self._removes):
-            batch.delete("index", prefix + suffix)
-            member, ekey = _split_suffix(suffix)
-            reverse.append((prefix + b"r" + _member_rkey(member) + ekey, False, None))
-        pack = px.codec.pack
-        for suffix in sorted(self._adds):
-            batch.put("index", prefix + suffix, pack(self._adds[suffix]), fresh=fresh)
-            member, ekey = _split_suffix(suffix)
-            reverse.append((prefix + b"r" + _member_rkey(member) + ekey, True, None))
-        reverse.sort()
-        for key, add, _ in reverse:
-            if add:
-                batch.put("index", key, b"", fresh=fresh)
+        adds = self._pending_sorted()
+        if self._new or self._cleared:
+            if self._cleared and not self._new:
+                for key, _value in px.storage.scan("index", prefix):
+                    batch.delete("index", key)
+            fresh = self._new
+            for section, entries in ((FORWARD, adds), (REVERSE, sort_entries(reverse_entries(adds)))):
+                for last, payload in encode_blocks(entries, BLOCK_BYTES, False):
+                    batch.put("index", prefix + section + last, payload, fresh=fresh)
+            return
+        removes = self._removed_sorted()
+        if not adds and not removes:
+            return
+        self._merge_blocks(batch, prefix + FORWARD, adds, removes)
+        self._merge_blocks(batch, prefix + REVERSE, sort_entries(reverse_entries(adds)),
+                           sort_entries(reverse_entries(removes)))
+
+    def _merge_blocks(self, batch: Any, prefix: bytes, adds: List[bytes], removes: List[bytes]) -> None:
+        """Write sorted ``adds`` and ``removes`` into the committed blocks of one section,
+        rewriting only the blocks they fall into."""
+        source = self._source(prefix)
+        i = j = 0
+        na, nr = len(adds), len(removes)
+        held: Optional[list] = None             # [bound, entries, appending] not yet written
+        while i < na or j < nr:
+            first = adds[i] if j >= nr or (i < na and adds[i] < removes[j]) else removes[j]
+            payload = source.seek(first)
+            appending = payload is None         # past the last block: extend the last one
+            if appending:
+                payload = source.seek_last()
+            bound = source.last                 # None: the section has no block yet
+            if bound is None or appending:
+                i2, j2 = na, nr
             else:
-                batch.delete("index", key)
+                i2 = bisect.bisect_right(adds, bound, i)
+                j2 = bisect.bisect_right(removes, bound, j)
+            if held is not None and held[0] == bound:
+                entries = held[1]               # the last block again: keep merging into it
+            else:
+                if held is not None:
+                    self._write_blocks(batch, prefix, *held)
+                entries = decode_block(payload) if payload is not None else []
+            if j2 > j:
+                entries = subtract_entries(entries, removes[j:j2])
+            if i2 > i:
+                entries = merge_entries(entries, adds[i:i2])
+            held = [bound, entries, appending]
+            i, j = i2, j2
+        if held is not None:
+            self._write_blocks(batch, prefix, *held)
+
+    @staticmethod
+    def _write_blocks(batch: Any, prefix: bytes, bound: Optional[bytes], entries: List[bytes],
+                      appending: bool) -> None:
+        """Replace the block keyed ``bound`` (None: none) by blocks holding ``entries``."""
+        if bound is not None:
+            batch.delete("index", prefix + bound)
+        for last, block in encode_blocks(entries, BLOCK_BYTES, appending):
+            batch.put("index", prefix + last, block, fresh=last != bound)
 
     def _db0_committed(self) -> None:
         self._pend_members = {}
-        self._adds = {}
+        self._adds = set()
         self._removes = set()
         self._cleared = False
         self._new = False
+        self._probes = None
         self._changed()
 
     def _db0_drop(self, batch: Any) -> None:
@@ -272,7 +315,7 @@ class Index:
 
     def _db0_release_all(self) -> None:
         self._release_members()
-        self._adds = {}
+        self._adds = set()
         self._pend_members = {}
         self._removes = set()
         self._cleared = True
@@ -282,20 +325,22 @@ class Index:
 
     def _db0_invalidate(self) -> None:
         self._loaded = False
+        self._probes = None
         self._changed()
 
     def _db0_undo_token(self) -> tuple:
-        return (dict(self._adds), set(self._removes), self._cleared, self._count,
+        return (set(self._adds), set(self._removes), self._cleared, self._count,
                 self._refcount, self._loaded, self._new, self._db0_dead, self._multi)
 
     def _db0_restore(self, token: tuple) -> None:
         (adds, removes, self._cleared, self._count, self._refcount, self._loaded, self._new,
          self._db0_dead, self._multi) = token
-        self._adds = dict(adds)
-        self._pend_members = {}
-        for suffix in self._adds:
-            tail = suffix[-9:] if suffix[-1] == 0 else suffix[-16:]
-            self._pend_members[tail] = self._pend_members.get(tail, 0) + 1
+        self._adds = set(adds)
+        pend: Dict[Any, int] = {}
+        for entry in self._adds:
+            member = entry_member(entry)
+            pend[member] = pend.get(member, 0) + 1
+        self._pend_members = pend
         self._removes = set(removes)
         self._changed()
         px = self._px
@@ -317,56 +362,76 @@ class Index:
         self._check()
         self._px.check_writable()
 
-    # -- committed/pending state ------------------------------------------------------------------
+    # -- committed blocks and pending state ------------------------------------------------------
 
-    def _committed_has(self, suffix: bytes) -> bool:
+    def _source(self, prefix: bytes) -> Any:
+        """Block source of one section (``P + b"f"`` or ``P + b"r"``) of the committed index."""
+        storage = self._px.storage
+        if type(storage) is Storage and storage._rtxn is not None:
+            return CursorSource(storage._rtxn.cursor(db=storage._dbs["index"]), prefix)
+        keys: List[bytes] = []
+        values: List[bytes] = []
+        n = len(prefix)
+        for key, value in storage.scan("index", prefix):
+            keys.append(key[n:])
+            values.append(value)
+        return ListSource(keys, values)
+
+    def _committed(self, section: bytes) -> Any:
+        """The block source of a section, or None if nothing committed counts."""
+        if self._new or self._cleared:
+            return None
+        return self._source(pack_oid(self._oid) + section)
+
+    def _probe(self, section: bytes) -> Probe:
+        """A Probe of a committed section, kept for the current read transaction (adds
+        with nearby keys reuse its block)."""
+        storage = self._px.storage
+        txn = storage._rtxn if type(storage) is Storage else None
+        cache = self._probes
+        if txn is None or cache is None or cache[0] is not txn:
+            prefix = pack_oid(self._oid)
+            cache = (txn, Probe(self._source(prefix + FORWARD)), Probe(self._source(prefix + REVERSE)))
+            if txn is not None:
+                self._probes = cache
+        return cache[1] if section == FORWARD else cache[2]
+
+    def _committed_has(self, entry: bytes) -> bool:
         if self._new or self._cleared:
             return False
-        return self._px.storage.get("index", pack_oid(self._oid) + suffix) is not None
+        return self._probe(FORWARD).has(entry)
 
-    def _member_has_key(self, tail: bytes) -> bool:
-        """True if the object named by ``tail`` currently has some key in this index."""
-        if self._pend_members.get(tail):
+    def _member_has_key(self, member: Any) -> bool:
+        """True if ``member`` currently has some key in this index."""
+        if self._pend_members.get(member):
             return True
         if self._new or self._cleared:
             return False
-        rprefix = pack_oid(self._oid) + b"r" + _rmember(tail)
+        keys = self._probe(REVERSE).with_prefix(member_prefix(member))
         removes = self._removes
-        storage = self._px.storage
-        if self._cursor_ok(storage):
-            cur = storage._rtxn.cursor(db=storage._dbs["index"])
-            keys = cur.iternext(keys=True, values=False) if cur.set_range(rprefix) else ()
-        else:
-            keys = (k for k, _v in storage.scan("index", rprefix))
-        for key in keys:
-            if not key.startswith(rprefix):
-                break
-            ekey = key[len(rprefix):]
-            if (b"e" + ekey + tail if ekey else b"n" + tail) not in removes:
+        for ekey in keys:
+            if not removes or _entry_of(member, ekey) not in removes:
                 return True
         return False
 
     def _pending_sorted(self) -> List[bytes]:
         if self._sorted is None:
-            self._sorted = sorted(self._adds)
+            self._sorted = sort_entries(self._adds)
         return self._sorted
 
-    def _removed_full(self) -> Optional[Set[bytes]]:
-        if not self._removes:
-            return None
-        if self._removed_keys is None:
-            prefix = pack_oid(self._oid)
-            self._removed_keys = {prefix + s for s in self._removes}
-        return self._removed_keys
+    def _removed_sorted(self) -> List[bytes]:
+        if self._sorted_removes is None:
+            self._sorted_removes = sort_entries(self._removes)
+        return self._sorted_removes
 
     def _pending_by_member(self) -> Dict[Any, Tuple[Set[bytes], Set[bytes]]]:
         if self._by_member is None:
             out: Dict[Any, Tuple[Set[bytes], Set[bytes]]] = {}
-            for suffix in self._adds:
-                member, ekey = _split_suffix(suffix)
+            for entry in self._adds:
+                member, ekey = _split_entry(entry)
                 out.setdefault(member, (set(), set()))[0].add(ekey)
-            for suffix in self._removes:
-                member, ekey = _split_suffix(suffix)
+            for entry in self._removes:
+                member, ekey = _split_entry(entry)
                 out.setdefault(member, (set(), set()))[1].add(ekey)
             self._by_member = out
         return self._by_member
@@ -382,31 +447,44 @@ class Index:
         """
         if not isinstance(obj, MemoBase):
             raise errors.Error("Expected a memo object")
-        ekey = _ekey(key)
+        ekey = encode_key(key) if type(key) is int else _ekey(key)
         px = self._px
         with px.lock:
-            self._check_write()
+            if self._db0_dead or self._db0_closed or not self._loaded or px.closed or px.readonly:
+                self._check_write()
             if obj._flags & F_DEAD:
                 raise errors.ReferenceError("Memo instance expired")
-            tail = _tail_of(obj, px)
-            suffix = (b"e" + ekey + tail) if ekey is not None else (b"n" + tail)
-            if suffix in self._adds:
+            local = obj._px is px
+            if local:
+                member = obj._oid
+                entry = pair_entry(ekey, member, None)
+            else:
+                member = (obj._px.uuid, obj._oid)
+                entry = pair_entry(ekey, obj._oid, obj._px.uuid)
+            adds = self._adds
+            if entry in adds:
                 return
-            revive = suffix in self._removes
-            if not revive and self._committed_has(suffix):
+            revive = entry in self._removes
+            committed = not (self._new or self._cleared)
+            if not revive and committed and self._probe(FORWARD).has(entry):
                 return
-            px.log_undo(self)
-            if not self._multi and self._member_has_key(tail):
+            if px.atomic_log is not None:
+                px.log_undo(self)
+            pend = self._pend_members
+            if not self._multi and (member in pend or (committed and self._member_has_key(member))):
                 self._multi = True
             if revive:
-                self._removes.discard(suffix)
+                self._removes.discard(entry)
+                self._sorted_removes = None
             else:
-                self._adds[suffix] = key
-                self._pend_members[tail] = self._pend_members.get(tail, 0) + 1
+                adds.add(entry)
+                pend[member] = pend.get(member, 0) + 1
+                self._sorted = None
+            self._by_member = None
+            self._version += 1
             self._count += 1
-            self._changed()
             px.mark_dirty(self)
-            if obj._px is px:
+            if local:
                 px.incref(obj)
 
     def remove(self, key: Any, obj: Any) -> None:
@@ -417,19 +495,19 @@ class Index:
         px = self._px
         with px.lock:
             self._check_write()
-            tail = _tail_of(obj, px)
-            suffix = (b"e" + ekey + tail) if ekey is not None else (b"n" + tail)
-            if suffix in self._adds:
+            member = _member_of_obj(obj, px)
+            entry = _entry_of(member, ekey or b"")
+            if entry in self._adds:
                 px.log_undo(self)
-                del self._adds[suffix]
-                left = self._pend_members[tail] - 1
+                self._adds.discard(entry)
+                left = self._pend_members[member] - 1
                 if left:
-                    self._pend_members[tail] = left
+                    self._pend_members[member] = left
                 else:
-                    del self._pend_members[tail]
-            elif suffix not in self._removes and self._committed_has(suffix):
+                    del self._pend_members[member]
+            elif entry not in self._removes and self._committed_has(entry):
                 px.log_undo(self)
-                self._removes.add(suffix)
+                self._removes.add(entry)
             else:
                 return
             self._count -= 1
@@ -453,7 +531,7 @@ class Index:
             self._check_write()
             px.log_undo(self)
             self._release_members()
-            self._adds = {}
+            self._adds = set()
             self._pend_members = {}
             self._removes = set()
             self._cleared = True
@@ -512,17 +590,8 @@ class Index:
     def _release_members(self) -> None:
         """Drop the strong references of every current pair (clear / delete)."""
         px = self._px
-        local: List[int] = []
-        if not self._new and not self._cleared:
-            prefix = pack_oid(self._oid)
-            removed = self._removed_full()
-            for key, _value in px.storage.scan("index", prefix, prefix + b"e", prefix + b"o"):
-                if (removed and key in removed) or key[-1] != 0:
-                    continue
-                local.append(int.from_bytes(key[-9:-1], "big"))
-        for suffix in self._adds:
-            if suffix[-1] == 0:
-                local.append(int.from_bytes(suffix[-9:-1], "big"))
+        members, _keys = self._scan(b"", b"\xff", False)
+        local = [m for m in members if type(m) is int]
         if not local:
             return
         objs = Materializer(px).objects(local)
@@ -533,80 +602,48 @@ class Index:
     def _scan(self, lo: bytes, hi: bytes, reverse: bool, only: Optional[OidSet] = None,
               seen: Optional[OidSet] = None, want_keys: bool = False
               ) -> Tuple[List[Any], Optional[List[bytes]]]:
-        """Members of the suffix range [lo, hi) merged with pending changes, in walk order
-        (see dbzero_ext.query.collect for ``only``/``seen``)."""
-        prefix = pack_oid(self._oid)
-        flo, fhi = prefix + lo, prefix + hi
-        it = None
-        if not (self._new or self._cleared):
-            it = self._committed_iter(flo, fhi, reverse)
+        """Members of the forward entries in [lo, hi) merged with pending changes, in walk
+        order (see dbzero_ext.query.scan for ``only``/``seen``/``want_keys``)."""
         pend = self._pending_sorted()
         if pend:
             pend = pend[bisect.bisect_left(pend, lo):bisect.bisect_left(pend, hi)]
-            pend = [prefix + s for s in (reversed(pend) if reverse else pend)]
-        return collect(it, flo if reverse else fhi, reverse, pend, self._removed_full(), only,
-                       seen, len(prefix) + 1, want_keys)
-
-    def _committed_iter(self, flo: bytes, fhi: bytes, reverse: bool) -> Any:
-        storage = self._px.storage
-        if type(storage) is Storage and storage._rtxn is not None:
-            cur = storage._rtxn.cursor(db=storage._dbs["index"])
-            if not reverse:
-                if not cur.set_range(flo):
-                    return None
-                return cur.iternext(keys=True, values=False)
-            if cur.set_range(fhi):
-                if not cur.prev():
-                    return None
-            elif not cur.last():
-                return None
-            return cur.iterprev(keys=True, values=False)
-        prefix = pack_oid(self._oid)
-        return (k for k, _v in storage.scan("index", prefix, flo, fhi, reverse=reverse))
+        return _c_scan(self._committed(FORWARD), lo, hi, reverse, pend,
+                       self._removed_sorted(), only, seen, want_keys)
 
     def _lookup(self, members: List[Any]) -> List[List[bytes]]:
         """Current encoded keys of each member (b"" = null), committed merged with pending."""
-        prefix = pack_oid(self._oid)
-        rprefix = prefix + b"r"
-        if self._new or self._cleared:
+        source = self._committed(REVERSE)
+        if source is None:
             found: List[List[bytes]] = [[] for _ in members]
         else:
-            storage = self._px.storage
-            if all(type(m) is int for m in members) and self._cursor_ok(storage):
-                found = _c_lookup(storage._rtxn.cursor(db=storage._dbs["index"]), rprefix, members)
-            else:
-                found = _lookup_py(storage, rprefix, members)
+            prefixes = [member_prefix(m) for m in members]
+            order = sorted(range(len(prefixes)), key=prefixes.__getitem__)
+            keys = _c_lookup(source, [prefixes[i] for i in order])
+            found = [None] * len(members)   # type: ignore[list-item]
+            for k, i in enumerate(order):
+                found[i] = keys[k]
         if self._adds or self._removes:
             pend = self._pending_by_member()
             for i, member in enumerate(members):
                 change = pend.get(member)
                 if change is not None:
-                    keys = set(found[i]) - change[1]
-                    keys |= change[0]
-                    found[i] = sorted(keys)
+                    keys_now = set(found[i]) - change[1]
+                    keys_now |= change[0]
+                    found[i] = sorted(keys_now)
         return found
 
     def _sort_keys(self, members: List[Any], desc: bool, prefer_null: bool) -> List[Optional[bytes]]:
         """Per member the key it sorts by: None (not in the index), b"" (null) or an ekey."""
-        storage = self._px.storage
-        pend = self._pending_by_member() if (self._adds or self._removes) else None
-        if self._new or self._cleared or not self._cursor_ok(storage) \
-                or not all(type(m) is int for m in members):
-            return [_choose(keys, desc, prefer_null) for keys in self._lookup(members)]
-        rprefix = pack_oid(self._oid) + b"r"
-        out = _c_lookup_keys(storage._rtxn.cursor(db=storage._dbs["index"]), rprefix, members,
-                             desc, prefer_null)
-        if pend:
-            changed = [i for i, m in enumerate(members) if m in pend]
-            if changed:
-                full = self._lookup([members[i] for i in changed])
-                for i, keys in zip(changed, full):
-                    out[i] = _choose(keys, desc, prefer_null)
-        return out
+        return [_choose(keys, desc, prefer_null) for keys in self._lookup(members)]
 
-    @staticmethod
-    def _cursor_ok(storage: Any) -> bool:
-        return type(storage) is Storage and storage._rtxn is not None
+    def _state_key(self) -> Any:
+        """Names the index contents a query result was computed from (None: unknown, do
+        not cache): pending changes bump ``_version``, commits and refreshes replace the
+        read transaction."""
+        storage = self._px.storage
+        if type(storage) is not Storage or storage._rtxn is None:
+            return None
+        return (self._version, storage._rtxn)
 
     def _sections(self, desc: bool, null_first: bool) -> List[str]:
         nulls_first = null_first if not desc else not null_first
@@ -626,7 +663,7 @@ def index() -> Index:
 class SelectQuery(Query):
     """``Index.select(low, high, null_first)``: objects with keys in a range, in key order."""
 
-    __slots__ = ("_ix", "_lo", "_hi", "_null_first")
+    __slots__ = ("_ix", "_lo", "_hi", "_null_first", "_cached")
 
     def __init__(self, ix: Index, lo: Optional[bytes], hi: Optional[bytes], null_first: bool) -> None:
         super().__init__(ix._px)
@@ -634,6 +671,7 @@ class SelectQuery(Query):
         self._lo = lo
         self._hi = hi
         self._null_first = null_first
+        self._cached: Optional[Tuple[Any, Result]] = None    # (Index._state_key(), result)
 
     def _ranges(self) -> Tuple[Optional[Tuple[bytes, bytes]], bool]:
         """(suffix range of the non-null keys or None, whether null keys are included)."""
@@ -648,6 +686,10 @@ class SelectQuery(Query):
     def _evaluate(self) -> Result:
         ix = self._ix
         ix._check()
+        state = ix._state_key()
+        cached = self._cached
+        if cached is not None and state is not None and cached[0] == state:
+            return cached[1]        # len() then iter() (list(q)) walks once
         erange, nulls = self._ranges()
         seen = OidSet() if ix._multi else None      # one key per object: no duplicates
         members: List[Any] = []
@@ -656,13 +698,16 @@ class SelectQuery(Query):
                 members += ix._scan(erange[0], erange[1], False, None, seen)[0]
             elif section == "N" and nulls:
                 members += ix._scan(b"n", b"o", False, None, seen)[0]
-        return Result(_local_ids(members), members)
+        result = _OrderedResult(members)
+        if state is not None:
+            self._cached = (state, result)
+        return result
 
 
 class SortQuery(Query):
     """``Index.sort(query, desc, null_first)``: a query's objects in index key order."""
 
-    __slots__ = ("_ix", "_query", "_desc", "_null_first")
+    __slots__ = ("_ix", "_query", "_desc", "_null_first", "_cached")
 
     # Per-member cost of a reverse-map lookup relative to one step of the index walk.
     LOOKUP_COST = 16
@@ -673,6 +718,7 @@ class SortQuery(Query):
         self._query = query
         self._desc = desc
         self._null_first = null_first
+        self._cached: Optional[Tuple[Any, Result]] = None    # only for sorted selects
 
     def _evaluate(self) -> Result:
         ix = self._ix
@@ -681,8 +727,14 @@ class SortQuery(Query):
         if isinstance(query, SelectQuery) and query._ix is ix and not ix._multi:
             # Every object has one key: sorting a select of this index is that range
             # walked in the requested order.
-            order = self._walk_select(query)
-            return Result(_local_ids(order), order)
+            state = ix._state_key()
+            cached = self._cached
+            if cached is not None and state is not None and cached[0] == state:
+                return cached[1]
+            result = _OrderedResult(self._walk_select(query))
+            if state is not None:
+                self._cached = (state, result)
+            return result
         base = self._query._result()
         px = ix._px
         natural = base.order is None and self._query._px is px
@@ -697,7 +749,7 @@ class SortQuery(Query):
             order = self._by_lookup(members, sections)
         else:
             order = self._by_walk(members, natural, sections)
-        return Result(_local_ids(order), order)
+        return _OrderedResult(order)
 
     def _walk_select(self, query: "SelectQuery") -> List[Any]:
         ix = self._ix
@@ -795,6 +847,23 @@ def _order_ties(members: List[Any], keys: List[bytes], rank: Optional[Dict[Any, 
 
 def _oid_rank(member: Any) -> Any:
     return (member, b"") if type(member) is int else (member[1], member[0])
+
+
+class _OrderedResult(Result):
+    """A Result in member order whose ``ids`` are built only if set algebra asks for them
+    (iterating a select or sort never does)."""
+
+    __slots__ = ("_ids",)
+
+    def __init__(self, order: List[Any]) -> None:
+        self.order = order
+        self._ids: Optional[IdSet] = None
+
+    @property
+    def ids(self) -> IdSet:     # type: ignore[override]
+        if self._ids is None:
+            self._ids = _local_ids(self.order)
+        return self._ids
 
 
 def _local_ids(members: List[Any]) -> IdSet:

@@ -36,7 +36,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from dbzero_ext.postings import IdSet, difference, intersect, union, union_many
 
-from dbzero_ext.query import make_ghosts
+from dbzero_ext.query import all_ints, compact, identity_hits, live_hits, live_objects, make_ghosts
 
 from . import errors
 from .prefix import F_DEAD, F_GHOST, F_READONLY, FIRST_USER_CLASS_ID, MemoBase, Prefix
@@ -149,17 +149,21 @@ class Materializer:
     def objects(self, oids: List[int]) -> List[Any]:
         """Proxies for local ``oids`` in the same order (None for ids that do not exist)."""
         px = self.px
-        get = px.objects.get
-        out: List[Any] = [None] * len(oids)
-        missing = []
-        for i, oid in enumerate(oids):
-            ref = get(oid)
-            if ref is not None:
-                obj = ref()
-                if obj is not None:
-                    out[i] = obj
-                    continue
-            missing.append(i)
+        objects = px.objects
+        if type(objects) is dict and type(oids) is list:
+            out, missing = identity_hits(objects, oids)
+        else:
+            get = objects.get
+            out = [None] * len(oids)
+            missing = []
+            for i, oid in enumerate(oids):
+                ref = get(oid)
+                if ref is not None:
+                    obj = ref()
+                    if obj is not None:
+                        out[i] = obj
+                        continue
+                missing.append(i)
         if missing:
             with px.lock:
                 made = self._ghosts(IdSet.from_iterable([oids[i] for i in missing]))
@@ -168,6 +172,19 @@ class Materializer:
                     obj = made.get(oids[i])
                     out[i] = obj if obj is not None else try_get(oids[i])
         return out
+
+    def live(self, oids: List[int]) -> List[Any]:
+        """The live objects of local ``oids``, in order (missing and dead ones skipped)."""
+        px = self.px
+        objects = px.objects
+        if type(objects) is not dict:
+            return live_objects(self.objects(oids), MemoBase, F_DEAD)
+        out, missing = live_hits(objects, oids, MemoBase, F_DEAD)
+        if missing:
+            for i, obj in zip(missing, self.objects([oids[i] for i in missing])):
+                if _alive(obj):
+                    out[i] = obj
+        return compact(out)
 
     def _ghosts(self, ids: IdSet) -> Dict[int, Any]:
         """Ghost proxies for the ids whose class the class postings tell (none loaded)."""
@@ -222,16 +239,18 @@ def iter_objects(px: Any, members: Sequence[Member], mat: Optional[Materializer]
     for start in range(0, n, CHUNK):
         chunk = members[start:start + CHUNK]
         if isinstance(chunk, IdSet):
-            objs = mat.objects(chunk.to_list())
-        elif all(type(m) is int for m in chunk):
+            yield from mat.live(chunk.to_list())
+            continue
+        if type(chunk) is list and all_ints(chunk):
+            yield from mat.live(chunk)
+            continue
+        if all(type(m) is int for m in chunk):
             objs = mat.objects(chunk)
         else:
             local = [m for m in chunk if type(m) is int]
             found = iter(mat.objects(local))
             objs = [next(found) if type(m) is int else mat.foreign(m) for m in chunk]
-        for obj in objs:
-            if _alive(obj):
-                yield obj
+        yield from live_objects(objs, MemoBase, F_DEAD)
 
 
 def object_at(px: Any, member: Member) -> Any:

@@ -117,6 +117,7 @@ cdef class TagStore:
     cdef dict _by_obj
     cdef dict _by_tag
     cdef Py_ssize_t _indexed    # log entries already reflected in the read index
+    cdef object _lock, _acquire, _release   # the prefix lock and its bound methods
 
     def __cinit__(self, px=None):
         self.px = px
@@ -593,52 +594,64 @@ def membership_history(int db_id, bytes state, list added, list removed):
     cdef Py_ssize_t na = PyList_GET_SIZE(added), nr = PyList_GET_SIZE(removed)
     cdef bytes key, hkey, value
     cdef char* p
-    cdef bytearray journal = bytearray()
-    cdef char entry[8]
-    while i < na or j < nr:
-        if j >= nr:
-            key = _key_of(added, i)
-        elif i >= na:
-            key = _key_of(removed, j)
-        else:
-            key = _key_of(added, i)
-            if _key_of(removed, j) < key:
+    cdef char* journal = NULL       # msgpack journal entries, grown as needed
+    cdef char* grown
+    cdef Py_ssize_t jlen = 0, jcap = 0
+    try:
+        while i < na or j < nr:
+            if j >= nr:
+                key = _key_of(added, i)
+            elif i >= na:
                 key = _key_of(removed, j)
-        i2 = i
-        while i2 < na and _same(_key_of(added, i2), key):
-            i2 += 1
-        j2 = j
-        while j2 < nr and _same(_key_of(removed, j2), key):
-            j2 += 1
-        klen = PyBytes_GET_SIZE(key)
-        hkey = PyBytes_FromStringAndSize(NULL, klen + 9)
-        p = PyBytes_AS_STRING(hkey)
-        p[0] = <char>db_id
-        memcpy(p + 1, PyBytes_AS_STRING(key), klen)
-        memcpy(p + 1 + klen, PyBytes_AS_STRING(state), 8)
-        size = 1 + _members_size(added, i, i2) + _members_size(removed, j, j2)
-        value = PyBytes_FromStringAndSize(NULL, size)
-        p = PyBytes_AS_STRING(value)
-        p[0] = <char>0x92
-        p = _put_members(p + 1, added, i, i2)
-        _put_members(p, removed, j, j2)
-        out.append(_pair(hkey, value))
-        # [db id (positive fixint), bin key]
-        entry[0] = <char>0x92
-        entry[1] = <char>db_id
-        if klen < 0x100:
-            entry[2] = <char>0xC4
-            entry[3] = <char>klen
-            journal += entry[:4]
-        else:
-            entry[2] = <char>0xC5
-            entry[3] = <char>((klen >> 8) & 0xFF)
-            entry[4] = <char>(klen & 0xFF)
-            journal += entry[:5]
-        journal += key
-        count += 1
-        i, j = i2, j2
-    return out, bytes(journal), count
+            else:
+                key = _key_of(added, i)
+                if _key_of(removed, j) < key:
+                    key = _key_of(removed, j)
+            i2 = i
+            while i2 < na and _same(_key_of(added, i2), key):
+                i2 += 1
+            j2 = j
+            while j2 < nr and _same(_key_of(removed, j2), key):
+                j2 += 1
+            klen = PyBytes_GET_SIZE(key)
+            hkey = PyBytes_FromStringAndSize(NULL, klen + 9)
+            p = PyBytes_AS_STRING(hkey)
+            p[0] = <char>db_id
+            memcpy(p + 1, PyBytes_AS_STRING(key), klen)
+            memcpy(p + 1 + klen, PyBytes_AS_STRING(state), 8)
+            size = 1 + _members_size(added, i, i2) + _members_size(removed, j, j2)
+            value = PyBytes_FromStringAndSize(NULL, size)
+            p = PyBytes_AS_STRING(value)
+            p[0] = <char>0x92
+            p = _put_members(p + 1, added, i, i2)
+            _put_members(p, removed, j, j2)
+            out.append(_pair(hkey, value))
+            # [db id (positive fixint), bin key]
+            if jlen + klen + 5 > jcap:
+                jcap = 2 * jcap + klen + 4096
+                grown = <char*>realloc(journal, jcap)
+                if grown is NULL:
+                    raise MemoryError()
+                journal = grown
+            p = journal + jlen
+            p[0] = <char>0x92
+            p[1] = <char>db_id
+            if klen < 0x100:
+                p[2] = <char>0xC4
+                p[3] = <char>klen
+                p += 4
+            else:
+                p[2] = <char>0xC5
+                p[3] = <char>((klen >> 8) & 0xFF)
+                p[4] = <char>(klen & 0xFF)
+                p += 5
+            memcpy(p, PyBytes_AS_STRING(key), klen)
+            jlen = (p - journal) + klen
+            count += 1
+            i, j = i2, j2
+        return out, PyBytes_FromStringAndSize(journal, jlen), count
+    finally:
+        free(journal)
 
 
 def join_journal(bytes packed, list extra):
@@ -769,11 +782,14 @@ cdef bint _add_strs(object obj, object texts) except -1:
         return True
     cdef TagStore store = <TagStore>px.tags
     cdef uint64_t oid = PyObject_GenericGetAttr(obj, _A_OID)
-    lock = px.lock
-    lock.acquire()
+    if store._lock is None:
+        store._lock = px.lock
+        store._acquire = store._lock.acquire
+        store._release = store._lock.release
+    store._acquire()
     try:
         for i in range(n):
             store.add_str(oid, <str>texts[i], _str_key, _note_long)
     finally:
-        lock.release()
+        store._release()
     return True

@@ -473,3 +473,179 @@ def test_large_index_strategies_agree(db):
             for nf in (False, True):
                 assert ids(ix.sort(q, desc=desc, null_first=nf)) == model_sort(pairs, members, desc, nf)
     assert ids(ix.select(100, 200)) == model_select(pairs, 100, 200, False)
+
+
+# -- block layout (format 2): splits, merges and boundaries ---------------------------------------
+
+import sys  # noqa: E402
+
+_index_mod = sys.modules["dbzero.index"]   # (db0.index is the function)
+
+
+class _SmallBlocks:
+    """Blocks of ~``size`` bytes (a few entries each), so few objects span many blocks."""
+
+    def __init__(self, size=48):
+        self.size = size
+
+    def __enter__(self):
+        self.saved = _index_mod.BLOCK_BYTES
+        _index_mod.BLOCK_BYTES = self.size
+
+    def __exit__(self, *exc):
+        _index_mod.BLOCK_BYTES = self.saved
+
+
+def _blocks(ix, section=b"f"):
+    """The committed blocks of a section: [(last entry, entries)]."""
+    from dbzero.prefix import pack_oid
+    from dbzero_ext.query import decode_block
+    prefix = pack_oid(ix._oid) + section
+    return [(k[len(prefix):], decode_block(v)) for k, v in ix._px.storage.scan("index", prefix)]
+
+
+def _check_blocks(ix):
+    """Both sections are sorted, keyed by their last entry, and hold one entry per pair."""
+    from dbzero_ext.query import reverse_entries
+    for section in (b"f", b"r"):
+        flat = []
+        for last, entries in _blocks(ix, section):
+            assert entries and entries[-1] == last
+            flat += entries
+        assert flat == sorted(set(flat))
+        if section == b"f":
+            forward = flat
+        else:
+            assert flat == sorted(reverse_entries(forward))
+    return forward
+
+
+def test_equal_keys_spanning_blocks(db, root):
+    with _SmallBlocks():
+        ix = Catalog().by_time
+        objs = [Event(i, None) for i in range(60)]
+        pairs = set()
+
+        def add(key, o):
+            ix.add(key, o)
+            pairs.add((key, o.eid))
+
+        def check(committed=True):
+            if committed:
+                assert len(_check_blocks(ix)) == len(pairs)
+            assert len(ix) == len(pairs)
+            everyone = list(range(60))
+            for desc in (False, True):
+                for nf in (False, True):
+                    assert ids(ix.sort(db0.find(Event), desc=desc, null_first=nf)) == \
+                        model_sort(pairs, everyone, desc, nf)
+            for lo, hi in ((5, 5), (None, 5), (5, None), (None, None), (1000, 1039), (2000, None)):
+                assert ids(ix.select(lo, hi)) == model_select(pairs, lo, hi, False)
+
+        for o in objs:
+            add(5 if o.eid % 3 else 2000 + o.eid, o)
+        add(None, objs[0])
+        add(7, objs[1])
+        db0.commit()
+        assert len(_blocks(ix)) > 10
+        check()
+        fives = [o.eid for o in objs if o.eid % 3]
+        assert ids(ix.select(5, 5)) == fives
+        assert ids(ix.sort(ix.select(5, 5), desc=True)) == fives       # ties keep id order
+        # the reverse map spans blocks too: an object with many keys
+        for k in range(40):
+            add(1000 + k, objs[2])
+        db0.commit()
+        assert ix._multi
+        check()
+        assert ids(ix.select(1000, 1039)) == [2]
+        assert len(ix._lookup([objs[2]._oid])[0]) == 41
+        # removing everything under one key empties whole blocks
+        for o in objs:
+            if o.eid % 3:
+                ix.remove(5, o)
+                pairs.discard((5, o.eid))
+        check(committed=False)
+        before = len(_blocks(ix))
+        db0.commit()
+        assert len(_blocks(ix)) < before
+        assert ids(ix.select(5, 5)) == []
+        check()
+        n = len(pairs)
+    db0.close()
+    db0.init(root, prefix="test", autocommit=False)
+    ix = db0.fetch(Catalog).by_time
+    assert len(ix) == n
+    assert ids(ix.select(1000, 1005)) == [2]
+    assert ids(ix.select(None, None, null_first=True))[0] == 0
+
+
+def test_appends_fill_blocks_and_removals_keep_order(db):
+    with _SmallBlocks(200):
+        ix = db0.index()
+        Holder(ix)
+        objs = [Event(i, None) for i in range(400)]
+        for step in range(4):                       # append in increasing key order
+            for o in objs[step * 100:(step + 1) * 100]:
+                ix.add(o.eid, o)
+            db0.commit()
+        sizes = [len(e) for _l, e in _blocks(ix)]
+        assert sum(sizes) == 400
+        assert sum(1 for s in sizes if s < max(sizes) // 2) <= 2      # appends leave full blocks
+        assert ids(ix.select(0, None)) == list(range(400))
+        # remove every other entry, then the first and last blocks entirely
+        for o in objs[::2]:
+            ix.remove(o.eid, o)
+        for o in objs[:40] + objs[-40:]:
+            ix.remove(o.eid, o)
+        assert ids(ix.select(None, None)) == [i for i in range(40, 360) if i % 2]
+        db0.commit()
+        _check_blocks(ix)
+        assert ids(ix.select(None, None)) == [i for i in range(40, 360) if i % 2]
+        assert ids(ix.sort(db0.find(Event), desc=True)) == [i for i in range(359, 39, -1) if i % 2]
+        # re-adding in the middle and at both ends
+        for o in objs[:10] + objs[100:110] + objs[-10:]:
+            ix.add(o.eid, o)
+        db0.commit()
+        _check_blocks(ix)
+        expect = sorted({i for i in range(40, 360) if i % 2} | set(range(10)) | set(range(100, 110))
+                        | set(range(390, 400)))
+        assert ids(ix.select(None, None)) == expect
+        assert len(ix) == len(expect)
+
+
+def test_blocks_through_snapshots(db):
+    with _SmallBlocks():
+        ix = db0.index()
+        holder = Holder(ix)
+        objs = [Event(i, None) for i in range(30)]
+        for o in objs:
+            ix.add(o.eid % 7, o)
+        db0.commit()
+        s1 = db0.get_state_num(finalized=True)
+        for o in objs[:15]:
+            ix.remove(o.eid % 7, o)
+            ix.add(100 + o.eid, o)
+        db0.commit()
+        now = ids(ix.select(None, None))
+        with db0.snapshot(s1) as snap:
+            old = snap.fetch(db0.uuid(holder)).ix
+            assert ids(old.select(None, None)) == [o.eid for o in sorted(objs, key=lambda o: (o.eid % 7, o.eid))]
+            assert ids(old.select(100, None)) == []
+            assert ids(old.sort(snap.find(Event), desc=True))[:3] == [6, 13, 20]
+            assert len(old) == 30
+        assert ids(ix.select(None, None)) == now
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_index_ops(NUM_KEYS))
+def test_model_numeric_keys_small_blocks(ops):
+    with _SmallBlocks(40):
+        _run_index_model(ops)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_index_ops(STR_KEYS))
+def test_model_str_keys_small_blocks(ops):
+    with _SmallBlocks(40):
+        _run_index_model(ops)
