@@ -27,21 +27,14 @@ are resolved by reading their record, as are objects of ``no_default_tags`` clas
 from __future__ import annotations
 
 import weakref
-
-
-def _plain_ref(obj, _callback, _oid):
-    # Ghosts made by a query are registered like Prefix.register does: no callback.
-    return weakref.ref(obj)
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from dbzero_ext.postings import IdSet, difference, intersect, union, union_many
 
-from dbzero_ext.query import all_ints, compact, identity_hits, live_hits, live_objects, make_ghosts
+from dbzero_ext.query import all_ints, compact, identity_hits, live_hits, live_objects
 
 from . import errors
-from .prefix import F_DEAD, F_GHOST, F_READONLY, FIRST_USER_CLASS_ID, MemoBase, Prefix
-
-_new_memo = MemoBase.__new__
+from .prefix import F_DEAD, FIRST_USER_CLASS_ID, MemoBase, Prefix
 
 EMPTY = IdSet.empty()
 CHUNK = 2048
@@ -196,7 +189,6 @@ class Materializer:
         if self._marker:
             remaining = difference(remaining, self._marker)
         fast = type(px).get_object is Prefix.get_object and type(px).register is Prefix.register
-        flags = F_GHOST | (F_READONLY if px.readonly else 0)
         for class_id, posting in self._classes:
             if not remaining:
                 break
@@ -207,8 +199,7 @@ class Materializer:
             group = found.to_list()
             if fast and class_id >= FIRST_USER_CLASS_ID:
                 cls = px.class_by_id(class_id).cls
-                objs = make_ghosts(group, cls, px, flags, px.objects, None,
-                                   _new_memo, _plain_ref)
+                objs = px.make_ghosts(group, cls)
             else:
                 objs = [px.get_object(oid, class_id) for oid in group]
             made.update(zip(group, objs))

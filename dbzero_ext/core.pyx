@@ -295,6 +295,26 @@ cdef class PrefixCore:
             return obj
         return self._new_proxy(oid, class_id, self._ghost_flags())
 
+    def make_ghosts(self, list oids, type cls):
+        """Ghost proxies of memo class ``cls`` for ``oids`` (none of them cached), registered
+        in the identity map; the list of proxies in the same order."""
+        cdef list out = []
+        cdef MemoBase obj
+        cdef int flags = self._ghost_flags()
+        cdef dict objects = self.objects
+        cdef unsigned long long oid
+        for key in oids:
+            oid = key
+            obj = MemoBase.__new__(cls)
+            obj._px = self
+            obj._oid = oid
+            obj._flags = flags
+            objects[key] = PyWeakref_NewRef(obj, None)
+            out.append(obj)
+        if len(objects) > self._sweep_at:
+            self._sweep()
+        return out
+
     cdef _Reader _record_reader(self, unsigned long long oid):
         """A reader over the stored record of ``oid``, or None if there is none."""
         storage = self.storage

@@ -120,20 +120,4 @@ cdef class OidSet:
         return member in self.other
 
 
-def make_ghosts(list oids, cls, px, int flags, dict objects, callback, new, keyed_ref):
-    """Ghost proxies of class ``cls`` for ``oids`` (none of them loaded), registered in
-    ``objects`` like ``Prefix.get_object``/``Prefix.register`` do; returns the list."""
-    cdef list out = []
-    cdef object f = flags
-    for oid in oids:
-        obj = new(cls)
-        # MemoBase.__setattr__ would only forward these engine slots to the generic setter
-        PyObject_GenericSetAttr(obj, "_px", px)
-        PyObject_GenericSetAttr(obj, "_oid", oid)
-        PyObject_GenericSetAttr(obj, "_flags", f)
-        objects[oid] = keyed_ref(obj, callback, oid)
-        out.append(obj)
-    return out
-
-
 include "blocks.pxi"
