@@ -31,7 +31,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from dbzero_ext.postings import IdSet, difference, intersect, union, union_many
 
-from dbzero_ext.query import all_ints, compact, identity_hits, live_hits, live_objects
+from dbzero_ext.query import (all_ints, compact, identity_hits, live_hits, live_objects, place_live,
+                              place_made)
 
 from . import errors
 from .prefix import F_DEAD, FIRST_USER_CLASS_ID, MemoBase, Prefix
@@ -160,10 +161,7 @@ class Materializer:
         if missing:
             with px.lock:
                 made = self._ghosts(IdSet.from_iterable([oids[i] for i in missing]))
-                try_get = px.try_get_object
-                for i in missing:
-                    obj = made.get(oids[i])
-                    out[i] = obj if obj is not None else try_get(oids[i])
+                place_made(out, missing, oids, made, px.try_get_object)
         return out
 
     def live(self, oids: List[int]) -> List[Any]:
@@ -174,9 +172,7 @@ class Materializer:
             return live_objects(self.objects(oids), MemoBase, F_DEAD)
         out, missing = live_hits(objects, oids, MemoBase, F_DEAD)
         if missing:
-            for i, obj in zip(missing, self.objects([oids[i] for i in missing])):
-                if _alive(obj):
-                    out[i] = obj
+            place_live(out, missing, self.objects([oids[i] for i in missing]), MemoBase, F_DEAD)
         return compact(out)
 
     def _ghosts(self, ids: IdSet) -> Dict[int, Any]:

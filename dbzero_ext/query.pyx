@@ -121,3 +121,27 @@ cdef class OidSet:
 
 
 include "blocks.pxi"
+
+
+def place_made(list out, list missing, list oids, dict made, try_get):
+    """``out[i]`` = the proxy made for ``oids[i]`` (else ``try_get(oid)``) for i in ``missing``."""
+    cdef PyObject* found
+    for i in missing:
+        oid = oids[i]
+        found = PyDict_GetItem(made, oid)
+        out[i] = <object>found if found is not NULL else try_get(oid)
+
+
+def place_live(list out, list missing, list objs, memo_type, long dead_flag):
+    """``out[missing[k]]`` = ``objs[k]`` where that object is alive (see live_objects)."""
+    cdef Py_ssize_t k
+    for k in range(len(missing)):
+        obj = objs[k]
+        if obj is None:
+            continue
+        if isinstance(obj, memo_type):
+            if obj._flags & dead_flag:
+                continue
+        elif getattr(obj, "_db0_dead", False):
+            continue
+        out[missing[k]] = obj
