@@ -500,15 +500,7 @@ class Prefix(PrefixCore):
                     changed_oids.add(_OID.unpack(key)[0])
                 elif db_id == 3:
                     changed_oids.add(_OID.unpack(key[:8])[0])
-        for oid in changed_oids:
-            obj = self.cached(oid)
-            if obj is None:
-                continue
-            if isinstance(obj, MemoBase):
-                raw_dict(obj).clear()
-                obj._flags |= F_GHOST
-            else:
-                obj._db0_invalidate()
+        self.invalidate(changed_oids, True, None)
         self._load_classes()
         return True
 

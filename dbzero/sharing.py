@@ -288,30 +288,12 @@ def apply_journal(px: Prefix, after: int, upto: int, skip: Iterable[int] = (),
             chunk_cache.clear()
     else:
         oids, chunk_oids, classes = changed_since(storage, after, upto, skip)
-    dirty = px.dirty
-    pending_deletes = px.pending_deletes
     # Read-write prefixes key cached chunks without a version, and the cache outlives the
     # proxies: drop the changed chunks even of collections no proxy holds right now.
     swept: Set[int] = set(chunk_oids) if not px.readonly else set()
-    for oid in [oid for oid in oids if oid in objects]:
-        ref = objects.get(oid)
-        obj = ref() if ref is not None else None
-        if obj is None:
-            continue
-        if not include_dirty and (oid in dirty or oid in pending_deletes):
-            if sh is not None:
-                sh.doomed.add(oid)
-            continue
-        if isinstance(obj, MemoBase):
-            if not obj._flags & (F_DEAD | F_INIT):
-                # Flag first, then clear: a lock-free read in another thread either still
-                # sees the old fields or takes the ghost path and waits for our lock.
-                obj._flags |= F_GHOST
-                raw_dict(obj).clear()
-        else:
-            obj._db0_invalidate()
-            if not px.readonly:
-                swept.add(oid)
+    collections = px.invalidate(oids, include_dirty, sh.doomed if sh is not None else None)
+    if not px.readonly:
+        swept.update(collections)
     if swept:
         _sweep_chunk_cache(swept)
     entries = _class_entries(storage)

@@ -295,6 +295,35 @@ cdef class PrefixCore:
             return obj
         return self._new_proxy(oid, class_id, self._ghost_flags())
 
+    def invalidate(self, oids, bint include_dirty, doomed):
+        """Another process changed ``oids``: cached memo objects become ghosts (reloaded on
+        next access), cached collections drop their state.  Objects with uncommitted
+        changes are left alone and added to ``doomed`` instead, unless ``include_dirty``.
+        Returns the ids of the collections invalidated."""
+        cdef list collections = []
+        cdef MemoBase m
+        cdef dict dirty = self.dirty
+        cdef dict deletes = self.pending_deletes
+        for oid in oids:
+            obj = self._cached(oid)
+            if obj is None:
+                continue
+            if not include_dirty and (oid in dirty or oid in deletes):
+                if doomed is not None:
+                    doomed.add(oid)
+                continue
+            if isinstance(obj, MemoBase):
+                m = <MemoBase>obj
+                if not m._flags & (F_DEAD | F_INIT):
+                    # Flag first, then clear: a lock-free read in another thread either
+                    # still sees the old fields or takes the ghost path and waits for the lock.
+                    m._flags |= F_GHOST
+                    _dict_of(m).clear()
+            else:
+                obj._db0_invalidate()
+                collections.append(oid)
+        return collections
+
     def make_ghosts(self, list oids, type cls):
         """Ghost proxies of memo class ``cls`` for ``oids`` (none of them cached), registered
         in the identity map; the list of proxies in the same order."""
