@@ -128,7 +128,9 @@ class WriteBatch:
     def dup_set(self, db: str, adds: List[Tuple[bytes, bytes]],
                 removes: List[Tuple[bytes, bytes]]) -> None:
         """Bulk membership changes of a duplicate-set db: ``(key, value)`` pairs to add and
-        to remove, each list sorted and without repeats, no pair in both.  Pairs may be
+        to remove, each a sorted sequence of 2-tuples without repeats (a list, or a
+        dbzero_ext.tagstore.MemberRun, which the helpers read without making the tuples),
+        no pair in both.  Pairs may be
         added blindly (already present) or removed blindly (absent): the commit writes,
         and records history for, exactly the pairs that change.  One call per db."""
         self.dup_sets[db] = (adds, removes)
