@@ -483,7 +483,8 @@ class Index:
             self._by_member = None
             self._version += 1
             self._count += 1
-            px.mark_dirty(self)
+            if px.dirty.get(self._oid) is not self or not px.changed:
+                px.mark_dirty(self)
             if local:
                 px.incref(obj)
 
@@ -709,8 +710,10 @@ class SortQuery(Query):
 
     __slots__ = ("_ix", "_query", "_desc", "_null_first", "_cached")
 
-    # Per-member cost of a reverse-map lookup relative to one step of the index walk.
-    LOOKUP_COST = 16
+    # Per-member cost of a reverse-block lookup relative to one entry of the block walk
+    # (measured: ~2 us per looked-up member vs ~20 ns per walked entry; the two meet
+    # when the query holds ~1% of the index).
+    LOOKUP_COST = 64
 
     def __init__(self, ix: Index, query: Query, desc: bool, null_first: bool) -> None:
         super().__init__(ix._px)

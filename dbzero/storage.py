@@ -131,7 +131,9 @@ class WriteBatch:
     def dup_set(self, db: str, adds: List[Tuple[bytes, bytes]],
                 removes: List[Tuple[bytes, bytes]]) -> None:
         """Bulk membership changes of a duplicate-set db: ``(key, value)`` pairs to add and
-        to remove, each list sorted and without repeats, no pair in both.  Pairs may be
+        to remove, each a sorted sequence of 2-tuples without repeats (a list, or a
+        dbzero_ext.tagstore.MemberRun, which the helpers read without making the tuples),
+        no pair in both.  Pairs may be
         added blindly (already present) or removed blindly (absent): the commit writes,
         and records history for, exactly the pairs that change.  One call per db."""
         self.dup_sets[db] = (adds, removes)
@@ -560,16 +562,19 @@ class Storage:
         is redone in chunks the same way, and only a chunk that is itself mixed is put one
         pair at a time.
         """
+        if may_append:
+            # APPENDDUP skips the search inside each key's duplicates; it is safe when every
+            # key's new values all sort after its current last one (checked per key: only
+            # for `tags`, which has few keys; `obj_tags` has one per object).  Then no pair
+            # can be present yet either, and no nested transaction is needed.
+            cur = txn.cursor(db=db)
+            if all(not cur.set_key(key) or (cur.last_dup() and cur.value() < first)
+                   for key, first in first_of_each_key(pairs)):
+                self._put_many(txn, db, pairs, dupdata=False, append=True)
+                return pairs
         child = env.begin(write=True, parent=txn)
         try:
-            cur = child.cursor(db=db)
-            # APPENDDUP skips the search inside each key's duplicates; safe when every
-            # key's new values all sort after its current last one (checked per key: only
-            # for `tags`, which has few keys; `obj_tags` has one per object).
-            append = may_append and all(
-                not cur.set_key(key) or (cur.last_dup() and cur.value() < first)
-                for key, first in first_of_each_key(pairs))
-            consumed, n_added = cur.putmulti(pairs, dupdata=False, append=append)
+            consumed, n_added = child.cursor(db=db).putmulti(pairs, dupdata=False)
         except BaseException:
             child.abort()
             raise
@@ -577,7 +582,7 @@ class Storage:
             child.commit()
             return pairs
         child.abort()
-        if n_added == 0 and not append:
+        if n_added == 0:
             return []
         if len(pairs) > chunk:
             added: list = []
@@ -587,12 +592,14 @@ class Storage:
         return [pair for pair in pairs if txn.put(pair[0], pair[1], dupdata=False, db=db)]
 
     @staticmethod
-    def _put_many(txn: lmdb.Transaction, db, items: list, dupdata: bool) -> None:
+    def _put_many(txn: lmdb.Transaction, db, items: list, dupdata: bool,
+                  append: bool = False) -> None:
         # One C-level loop instead of a Python call per key (LMDB.md rule 9: pass a list
         # and check the counts).
-        consumed, _added = txn.cursor(db=db).putmulti(items, dupdata=dupdata, overwrite=True)
-        if consumed != len(items):
-            raise StorageError(f"putmulti wrote {consumed} of {len(items)} items")
+        consumed, added = txn.cursor(db=db).putmulti(items, dupdata=dupdata, overwrite=True,
+                                                     append=append)
+        if consumed != len(items) or (append and added != consumed):
+            raise StorageError(f"putmulti wrote {added} of {len(items)} items")
 
     def _grow(self) -> None:
         env = self._check_open()

@@ -190,24 +190,73 @@ def encode_blocks(list entries, Py_ssize_t target, bint greedy):
 # -- sorted lists of entries ----------------------------------------------------------------------
 
 cdef struct _Item:
+    uint64_t pre            # the first 8 bytes, big-endian, zero-padded
     const unsigned char* p
     Py_ssize_t n
     Py_ssize_t i
 
 
 cdef int _item_cmp(const void* a, const void* b) noexcept nogil:
+    # Comparing the inline prefixes first keeps most comparisons inside the array: the
+    # byte strings themselves are scattered over the heap.
     cdef const _Item* x = <const _Item*>a
     cdef const _Item* y = <const _Item*>b
+    if x.pre != y.pre:
+        return -1 if x.pre < y.pre else 1
     cdef int c = _cmpbuf(x.p, x.n, y.p, y.n)
     if c != 0:
         return c
     return (x.i > y.i) - (x.i < y.i)
 
 
+cdef int _radix_sort(_Item* a, Py_ssize_t n) except -1:
+    """Sort by ``pre`` (LSD radix, stable; bytes that are equal in every item are
+    skipped), then order runs of equal prefixes by full comparison."""
+    cdef _Item* tmp = <_Item*>malloc(sizeof(_Item) * n)
+    cdef _Item* src = a
+    cdef _Item* dst = tmp
+    cdef _Item* sw
+    cdef Py_ssize_t count[256]
+    cdef Py_ssize_t i, j, pos, c
+    cdef int shift, d
+    if tmp == NULL:
+        raise MemoryError()
+    for shift in range(0, 64, 8):
+        memset(count, 0, sizeof(count))
+        for i in range(n):
+            count[(src[i].pre >> shift) & 0xff] += 1
+        if count[(src[0].pre >> shift) & 0xff] == n:
+            continue
+        pos = 0
+        for d in range(256):
+            c = count[d]
+            count[d] = pos
+            pos += c
+        for i in range(n):
+            d = (src[i].pre >> shift) & 0xff
+            dst[count[d]] = src[i]
+            count[d] += 1
+        sw = src
+        src = dst
+        dst = sw
+    if src != a:
+        memcpy(a, src, sizeof(_Item) * n)
+    free(tmp)
+    i = 0
+    while i < n:
+        j = i + 1
+        while j < n and a[j].pre == a[i].pre:
+            j += 1
+        if j - i > 1:
+            qsort(a + i, j - i, sizeof(_Item), _item_cmp)
+        i = j
+    return 0
+
+
 def sort_entries(entries):
     """The byte strings of ``entries`` (any iterable) sorted and de-duplicated (a list)."""
     cdef list src = list(entries)
-    cdef Py_ssize_t n = len(src), i, k = 0
+    cdef Py_ssize_t n = len(src), i, k
     cdef _Item* items
     cdef list out = []
     cdef bytes e
@@ -222,9 +271,13 @@ def sort_entries(entries):
             items[i].p = <const unsigned char*>PyBytes_AS_STRING(e)
             items[i].n = PyBytes_GET_SIZE(e)
             items[i].i = i
-        qsort(items, n, sizeof(_Item), _item_cmp)
+            items[i].pre = 0
+            for k in range(8):
+                items[i].pre = (items[i].pre << 8) | (items[i].p[k] if k < items[i].n else 0)
+        _radix_sort(items, n)
         for i in range(n):
-            if i and _cmpbuf(items[i].p, items[i].n, items[i - 1].p, items[i - 1].n) == 0:
+            if i and items[i].pre == items[i - 1].pre and \
+                    _cmpbuf(items[i].p, items[i].n, items[i - 1].p, items[i - 1].n) == 0:
                 continue
             out.append(src[items[i].i])
     finally:
@@ -720,38 +773,67 @@ def live_objects(list objs, memo_type, long dead_flag):
     return out
 
 
+cdef extern from "Python.h":
+    PyObject* _weakref_target "PyWeakref_GET_OBJECT"(PyObject* ref)
+    bint _is_weakref "PyWeakref_Check"(PyObject* o)
+
+cdef extern from *:
+    void __builtin_prefetch(const void* p) nogil
+
+
 def live_hits(dict objects, list oids, memo_type, long dead_flag):
     """One pass of :func:`identity_hits` and :func:`live_objects`: ``(objects, missing)``
     where ``objects[i]`` is the live object of ``oids[i]``, None if it is dead or not in
-    the identity map, and ``missing`` lists the positions not in the map."""
+    the identity map, and ``missing`` lists the positions not in the map.
+
+    Objects met in key order are scattered in memory: the work is split into passes that
+    prefetch the next pass's pointers, so the cache misses of many objects overlap.  No
+    Python object is allocated between reading a borrowed pointer and owning it, so the
+    garbage collector cannot run in between.
+    """
     cdef Py_ssize_t i, n = len(oids)
     cdef list out = [None] * n
     cdef list missing = []
-    cdef PyObject* ref
-    cdef PyObject* o
+    cdef list slow = []
+    cdef PyObject** ptrs = <PyObject**>malloc(sizeof(PyObject*) * (n + 1))
+    cdef PyObject* p
     cdef object obj
-    for i in range(n):
-        ref = PyDict_GetItem(objects, oids[i])
-        if ref is NULL:
+    if ptrs == NULL:
+        raise MemoryError()
+    try:
+        for i in range(n):                      # 1: identity-map entries (weak references)
+            p = PyDict_GetItem(objects, oids[i])
+            ptrs[i] = p
+            if p is not NULL:
+                __builtin_prefetch(p)
+        for i in range(n):                      # 2: the referents
+            p = ptrs[i]
+            if p is NULL:
+                continue
+            if _is_weakref(p):
+                p = _weakref_target(p)
+                ptrs[i] = NULL if p == <PyObject*>None else p
+                if ptrs[i] is not NULL:
+                    __builtin_prefetch(p)
+            else:
+                ptrs[i] = NULL
+                slow.append(i)                  # a callable reference (resolved below)
+        for i in range(n):                      # 3: own them
+            if ptrs[i] is not NULL:
+                out[i] = <object>ptrs[i]
+    finally:
+        free(ptrs)
+    for i in slow:
+        out[i] = objects[oids[i]]()
+    for i in range(n):                          # 4: drop the dead, list the missing
+        obj = out[i]
+        if obj is None:
             missing.append(i)
-            continue
-        if PyWeakref_Check(<object>ref):
-            o = PyWeakref_GetObject(<object>ref)
-            if o == <PyObject*>None:
-                missing.append(i)
-                continue
-            obj = <object>o
-        else:
-            obj = (<object>ref)()
-            if obj is None:
-                missing.append(i)
-                continue
-        if isinstance(obj, memo_type):
+        elif isinstance(obj, memo_type):
             if obj._flags & dead_flag:
-                continue
+                out[i] = None
         elif getattr(obj, "_db0_dead", False):
-            continue
-        out[i] = obj
+            out[i] = None
     return out, missing
 
 

@@ -351,11 +351,11 @@ cdef class TagStore:
         cdef uint32_t* rank = <uint32_t*>malloc(k * sizeof(uint32_t))
         cdef Py_ssize_t* start = NULL
         cdef Py_ssize_t* order = NULL
-        cdef PyObject** oid_bytes = NULL
+        cdef MemberRun t_adds, o_adds
         cdef bint by_oid, by_pair
         cdef Op tmp, op_t, op_o
         cdef Py_ssize_t g, last_t, last_o
-        cdef list tag_keys, o_adds, o_removes, t_adds, t_removes
+        cdef list tag_keys, o_removes, t_removes
         if w is NULL or rank is NULL:
             free(w)
             free(rank)
@@ -422,27 +422,18 @@ cdef class TagStore:
                         w[m].seq |= OP_NO_TAGS
                         m += 1
                 i = j
-            # obj_tags: (oid, tag) pairs in (oid, tag) order.
-            oid_bytes = <PyObject**>malloc((m if m else 1) * sizeof(PyObject*))
-            if oid_bytes is NULL:
-                raise MemoryError()
-            o_adds = []
+            # obj_tags: (oid, tag) pairs in (oid, tag) order; adds as a MemberRun (pairs made
+            # on demand), removes (rare) as tuples.
+            o_adds = _new_run(m, tag_keys, False)
             o_removes = []
-            keep = []
-            okey = None
             for i in range(m):
-                if okey is None or w[i].oid != w[i - 1].oid:
-                    okey = _pack_oid(w[i].oid)
-                oid_bytes[i] = <PyObject*>okey      # borrowed: kept alive by `keep`
                 if w[i].seq & OP_NO_OBJ_TAGS:
-                    if i == 0 or w[i].oid != w[i - 1].oid:
-                        keep.append(okey)
                     continue
-                pair = _pair(okey, <bytes>PyList_GET_ITEM(tag_keys, w[i].tag))
                 if w[i].seq & OP_PRESENT:
-                    o_adds.append(pair)
+                    o_adds._append(w[i].oid, w[i].tag)
                 else:
-                    o_removes.append(pair)
+                    o_removes.append(_pair(_pack_oid(w[i].oid),
+                                           <bytes>PyList_GET_ITEM(tag_keys, w[i].tag)))
             # tags: (tag, oid) pairs in (tag, oid) order - a stable counting sort by tag.
             start = <Py_ssize_t*>malloc((nt + 1) * sizeof(Py_ssize_t))
             order = <Py_ssize_t*>malloc((m if m else 1) * sizeof(Py_ssize_t))
@@ -457,23 +448,22 @@ cdef class TagStore:
             for i in range(m):
                 order[start[w[i].tag]] = i
                 start[w[i].tag] += 1
-            t_adds = []
+            t_adds = _new_run(m, tag_keys, True)
             t_removes = []
             for j in range(m):
                 i = order[j]
                 if w[i].seq & OP_NO_TAGS:
                     continue
-                pair = _pair(<bytes>PyList_GET_ITEM(tag_keys, w[i].tag), <bytes>oid_bytes[i])
                 if w[i].seq & OP_PRESENT:
-                    t_adds.append(pair)
+                    t_adds._append(w[i].oid, w[i].tag)
                 else:
-                    t_removes.append(pair)
+                    t_removes.append(_pair(<bytes>PyList_GET_ITEM(tag_keys, w[i].tag),
+                                           _pack_oid(w[i].oid)))
         finally:
             free(w)
             free(rank)
             free(start)
             free(order)
-            free(oid_bytes)
         batch.dup_set("tags", t_adds, t_removes)
         batch.dup_set("obj_tags", o_adds, o_removes)
         if self._n == n:
@@ -484,6 +474,97 @@ cdef class TagStore:
             for i in range(self._n):
                 self._ops[i].seq = <uint32_t>((i << OP_SHIFT) | (self._ops[i].seq & 7))
             self._by_obj = None
+
+
+# -- membership runs -----------------------------------------------------------------------
+
+cdef MemberRun _new_run(Py_ssize_t cap, list keys, bint key_is_tag):
+    cdef MemberRun run = MemberRun.__new__(MemberRun)
+    run.keys = keys
+    run.key_is_tag = key_is_tag
+    run.oids = <uint64_t*>malloc((cap if cap else 1) * sizeof(uint64_t))
+    run.tags = <uint32_t*>malloc((cap if cap else 1) * sizeof(uint32_t))
+    if run.oids is NULL or run.tags is NULL:
+        raise MemoryError()
+    return run
+
+
+cdef class MemberRun:
+    """Sorted ``(key, value)`` membership pairs of one table - ``(tag, id)`` for `tags`,
+    ``(id, tag)`` for `obj_tags` - kept as C arrays.  A sequence of 2-tuples to its users
+    (``len``, slices, iteration: what ``Cursor.putmulti`` reads); the tuples are made one
+    at a time, so a bulk put never holds hundreds of thousands of them at once."""
+
+    cdef uint64_t* oids
+    cdef uint32_t* tags         # index into keys
+    cdef Py_ssize_t n
+    cdef list keys
+    cdef bint key_is_tag
+
+    def __dealloc__(self):
+        free(self.oids)
+        free(self.tags)
+
+    cdef inline void _append(self, uint64_t oid, uint32_t tag):
+        self.oids[self.n] = oid
+        self.tags[self.n] = tag
+        self.n += 1
+
+    cdef inline tuple _pair_at(self, Py_ssize_t i):
+        key = <bytes>PyList_GET_ITEM(self.keys, self.tags[i])
+        if self.key_is_tag:
+            return (key, _pack_oid(self.oids[i]))
+        return (_pack_oid(self.oids[i]), key)
+
+    cdef inline bint _same_key(self, Py_ssize_t i, Py_ssize_t j):
+        if self.key_is_tag:
+            return self.tags[i] == self.tags[j]
+        return self.oids[i] == self.oids[j]
+
+    cdef MemberRun _select(self, Py_ssize_t lo, Py_ssize_t hi, uint64_t floor, int below):
+        """Entries lo..hi (all if below < 0, else those with id < floor (below=1) or not)."""
+        cdef MemberRun out = _new_run(hi - lo, self.keys, self.key_is_tag)
+        cdef Py_ssize_t i
+        for i in range(lo, hi):
+            if below < 0 or (self.oids[i] < floor) == (below == 1):
+                out._append(self.oids[i], self.tags[i])
+        return out
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            lo, hi, step = index.indices(self.n)
+            if step != 1:
+                raise ValueError("MemberRun slices take no step")
+            return self._select(lo, max(lo, hi), 0, -1)
+        cdef Py_ssize_t i = index
+        if i < 0:
+            i += self.n
+        if not 0 <= i < self.n:
+            raise IndexError(index)
+        return self._pair_at(i)
+
+    def __iter__(self):
+        cdef _RunIter it = _RunIter.__new__(_RunIter)
+        it.run = self
+        return it
+
+
+@cython.final
+cdef class _RunIter:
+    cdef MemberRun run
+    cdef Py_ssize_t i
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.i >= self.run.n:
+            raise StopIteration
+        self.i += 1
+        return self.run._pair_at(self.i - 1)
 
 
 # -- storage helpers ---------------------------------------------------------------------
@@ -554,9 +635,17 @@ cdef inline bint _same(bytes a, bytes b):
     return a is b or (n == PyBytes_GET_SIZE(b) and memcmp(PyBytes_AS_STRING(a), PyBytes_AS_STRING(b), n) == 0)
 
 
-def first_of_each_key(list pairs):
+def first_of_each_key(pairs):
     """``[(key, first value)]`` for each run of equal keys in sorted ``pairs``."""
     cdef list out = []
+    cdef MemberRun run
+    cdef Py_ssize_t k
+    if isinstance(pairs, MemberRun):
+        run = <MemberRun>pairs
+        for k in range(run.n):
+            if k == 0 or not run._same_key(k, k - 1):
+                out.append(run._pair_at(k))
+        return out
     cdef Py_ssize_t i, n = PyList_GET_SIZE(pairs)
     cdef bytes key, prev = None
     for i in range(n):
@@ -567,10 +656,15 @@ def first_of_each_key(list pairs):
     return out
 
 
-def split_by_floor(list pairs, bytes floor, bint member_is_value):
+def split_by_floor(pairs, bytes floor, bint member_is_value):
     """``(old, new)``: pairs whose member (value, else the first 8 bytes of the key) is
     an 8-byte id below ``floor`` and the others; both keep their order."""
     cdef list old = [], new = []
+    cdef MemberRun run
+    if isinstance(pairs, MemberRun):
+        run = <MemberRun>pairs
+        limit = _unpack_oid(floor)
+        return run._select(0, run.n, limit, 1), run._select(0, run.n, limit, 0)
     cdef Py_ssize_t i, n = PyList_GET_SIZE(pairs)
     cdef bytes member
     cdef const char* f = PyBytes_AS_STRING(floor)
@@ -584,19 +678,25 @@ def split_by_floor(list pairs, bytes floor, bint member_is_value):
     return old, new
 
 
-def membership_history(int db_id, bytes state, list added, list removed):
+def membership_history(int db_id, bytes state, added, list removed):
     """History records of the changed pairs of one duplicate-set table (both lists sorted
     by key): ``([(db id + key + state, msgpack [added values, removed values])], journal,
     count)``, one record per key; ``journal`` is the msgpack encoding of the ``count``
     journal entries ``[db id, key]`` (see join_journal)."""
     cdef list out = []
     cdef Py_ssize_t i = 0, j = 0, i2, j2, size, klen, count = 0
-    cdef Py_ssize_t na = PyList_GET_SIZE(added), nr = PyList_GET_SIZE(removed)
+    cdef Py_ssize_t na = 0, nr = PyList_GET_SIZE(removed)
     cdef bytes key, hkey, value
     cdef char* p
     cdef char* journal = NULL       # msgpack journal entries, grown as needed
     cdef char* grown
     cdef Py_ssize_t jlen = 0, jcap = 0
+    if isinstance(added, MemberRun):
+        if removed or (<MemberRun>added).n < 2:
+            added = list(added)
+        else:
+            return _run_history(db_id, state, <MemberRun>added)
+    na = PyList_GET_SIZE(added)
     try:
         while i < na or j < nr:
             if j >= nr:
@@ -649,6 +749,91 @@ def membership_history(int db_id, bytes state, list added, list removed):
             jlen = (p - journal) + klen
             count += 1
             i, j = i2, j2
+        return out, PyBytes_FromStringAndSize(journal, jlen), count
+    finally:
+        free(journal)
+
+
+cdef inline char* _put_bin(char* p, const char* data, Py_ssize_t ln):
+    if ln < 0x100:
+        p[0] = <char>0xC4
+        p[1] = <char>ln
+        p += 2
+    else:
+        p = _put_len(p, ln, 0, 0xC5, 0xC6, -1)
+    memcpy(p, data, ln)
+    return p + ln
+
+
+cdef tuple _run_history(int db_id, bytes state, MemberRun run):
+    """membership_history for a run of adds only (no removals)."""
+    cdef list out = []
+    cdef Py_ssize_t i = 0, i2, g, size, klen, vlen, count = 0, jlen = 0
+    cdef char kbuf[8]
+    cdef char vbuf[8]
+    cdef const char* kp
+    cdef const char* vp
+    cdef bytes hkey, value, tag
+    cdef char* p
+    cdef char* journal = NULL
+    cdef Py_ssize_t n_keys = 0
+    cdef Py_ssize_t jcap = 0
+    cdef int b
+    try:
+        # Journal size: one entry per key.
+        for i in range(run.n):
+            if i and run._same_key(i, i - 1):
+                continue
+            klen = 8 if not run.key_is_tag else PyBytes_GET_SIZE(<bytes>PyList_GET_ITEM(run.keys, run.tags[i]))
+            jcap += klen + 5
+        journal = <char*>malloc(jcap if jcap else 1)
+        if journal is NULL:
+            raise MemoryError()
+        i = 0
+        while i < run.n:
+            i2 = i + 1
+            while i2 < run.n and run._same_key(i2, i):
+                i2 += 1
+            if run.key_is_tag:
+                tag = <bytes>PyList_GET_ITEM(run.keys, run.tags[i])
+                kp = PyBytes_AS_STRING(tag)
+                klen = PyBytes_GET_SIZE(tag)
+                size = 1 + _len_size(i2 - i, 15) + (i2 - i) * 10 + 1
+            else:
+                for b in range(8):
+                    kbuf[7 - b] = <char>((run.oids[i] >> (8 * b)) & 0xFF)
+                kp = kbuf
+                klen = 8
+                size = 1 + _len_size(i2 - i, 15) + 1
+                for g in range(i, i2):
+                    vlen = PyBytes_GET_SIZE(<bytes>PyList_GET_ITEM(run.keys, run.tags[g]))
+                    size += vlen + (2 if vlen < 0x100 else (3 if vlen < 0x10000 else 5))
+            hkey = PyBytes_FromStringAndSize(NULL, klen + 9)
+            p = PyBytes_AS_STRING(hkey)
+            p[0] = <char>db_id
+            memcpy(p + 1, kp, klen)
+            memcpy(p + 1 + klen, PyBytes_AS_STRING(state), 8)
+            value = PyBytes_FromStringAndSize(NULL, size)
+            p = PyBytes_AS_STRING(value)
+            p[0] = <char>0x92
+            p = _put_len(p + 1, i2 - i, 0x90, 0xDC, 0xDD, 15)
+            for g in range(i, i2):
+                if run.key_is_tag:
+                    for b in range(8):
+                        vbuf[7 - b] = <char>((run.oids[g] >> (8 * b)) & 0xFF)
+                    p = _put_bin(p, vbuf, 8)
+                else:
+                    tag = <bytes>PyList_GET_ITEM(run.keys, run.tags[g])
+                    p = _put_bin(p, PyBytes_AS_STRING(tag), PyBytes_GET_SIZE(tag))
+            p[0] = <char>0x90             # no removals
+            out.append(_pair(hkey, value))
+            p = journal + jlen
+            p[0] = <char>0x92
+            p[1] = <char>db_id
+            p = _put_bin(p + 2, kp, klen)
+            jlen = p - journal
+            count += 1
+            i = i2
         return out, PyBytes_FromStringAndSize(journal, jlen), count
     finally:
         free(journal)
