@@ -63,14 +63,14 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 
 from dbzero_ext.keys import encode_key
 from dbzero_ext.postings import IdSet
-from dbzero_ext.query import (BLOCK_BYTES, CursorSource, ListSource, OidSet, Probe, decode_block,
+from dbzero_ext.query import (BLOCK_BYTES, CursorSource, all_ints, ListSource, OidSet, Probe, decode_block,
                               encode_blocks, entry_member, lookup as _c_lookup, member_prefix,
                               merge_entries, pair_entry, reverse_entries, scan as _c_scan,
                               sort_entries, subtract_entries)
 
 from . import errors, workspace
 from .prefix import F_DEAD, MemoBase, pack_oid, register_collection_kind
-from .query import EMPTY, Materializer, Query, Result
+from .query import CHUNK, EMPTY, Materializer, Query, Result, iter_objects
 from .storage import Storage
 
 KIND = 6
@@ -661,7 +661,20 @@ def index() -> Index:
 
 # -- index queries ------------------------------------------------------------------------------------
 
-class SelectQuery(Query):
+class _IndexQuery(Query):
+    """Iteration of index query results: a result that fits one materialising chunk is
+    turned into objects at once (no generator step per object)."""
+
+    __slots__ = ()
+
+    def __iter__(self) -> Any:
+        order = self._result().order
+        if len(order) <= CHUNK and all_ints(order):
+            return iter(Materializer(self._px).live(order))
+        return iter_objects(self._px, order)
+
+
+class SelectQuery(_IndexQuery):
     """``Index.select(low, high, null_first)``: objects with keys in a range, in key order."""
 
     __slots__ = ("_ix", "_lo", "_hi", "_null_first", "_cached")
@@ -705,7 +718,7 @@ class SelectQuery(Query):
         return result
 
 
-class SortQuery(Query):
+class SortQuery(_IndexQuery):
     """``Index.sort(query, desc, null_first)``: a query's objects in index key order."""
 
     __slots__ = ("_ix", "_query", "_desc", "_null_first", "_cached")

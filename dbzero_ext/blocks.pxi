@@ -32,6 +32,7 @@ from libc.stdlib cimport malloc, qsort
 from libc.string cimport memcpy
 
 BLOCK_BYTES = 4000     # payload bytes per block: one LMDB overflow page with the header
+PROBE_BLOCKS = 1024    # decoded blocks a Probe keeps (~8 MiB with their entry tables)
 
 
 cdef struct Span:
@@ -451,6 +452,24 @@ cdef class CursorSource:
             return None
         return self._here()
 
+    def locate(self, bytes entry):
+        """Like :meth:`seek` without reading the block: its last entry, or None."""
+        cdef bytes key
+        if not self.cursor.set_range(self.prefix + entry):
+            self.last = None
+            return None
+        key = self.cursor.key()
+        if PyBytes_GET_SIZE(key) <= self.plen or \
+                memcmp(PyBytes_AS_STRING(key), PyBytes_AS_STRING(self.prefix), self.plen) != 0:
+            self.last = None
+            return None
+        self.last = key[self.plen:]
+        return self.last
+
+    def payload(self):
+        """The block found by the last :meth:`locate`."""
+        return self.cursor.value()[8:]
+
     def next(self):
         if self.last is None or not self.cursor.next():
             self.last = None
@@ -495,6 +514,13 @@ cdef class ListSource:
     def seek(self, bytes entry):
         return self._at(_bisect_left(self.keys, entry))
 
+    def locate(self, bytes entry):
+        self._at(_bisect_left(self.keys, entry))
+        return self.last
+
+    def payload(self):
+        return self.values[self.pos]
+
     def next(self):
         if self.last is None:
             return None
@@ -514,11 +540,13 @@ cdef class Probe:
     cdef bytes hi           # the cached block's last entry
     cdef bint known_end     # ``end`` is known
     cdef bytes end          # the section's last entry (None: the section is empty)
+    cdef dict decoded       # last entry -> Block, for blocks read before
 
     def __init__(self, source):
         self.source = source
         self.block = None
         self.known_end = False
+        self.decoded = {}
 
     cdef bint _past_end(self, bytes entry):
         """True if ``entry`` is known to sort after every stored entry."""
@@ -529,15 +557,20 @@ cdef class Probe:
             return self.block
         if self._past_end(entry):
             return None
-        payload = self.source.seek(entry)
-        if payload is None:
+        last = self.source.locate(entry)
+        if last is None:
             self.block = None
             self.source.seek_last()
             self.end = self.source.last
             self.known_end = True
             return None
-        self.block = _decode(payload)
-        self.hi = self.source.last
+        block = self.decoded.get(last)
+        if block is None:
+            if len(self.decoded) >= PROBE_BLOCKS:
+                self.decoded.clear()
+            block = self.decoded[last] = _decode(self.source.payload())
+        self.block = block
+        self.hi = last
         first = _span_bytes(self.block.spans[0], 0, self.block.spans[0].n) if self.block.n else entry
         self.lo = first if first < entry else entry
         return self.block

@@ -494,6 +494,7 @@ def test_model_tags_keep_objects_alive(ops):
         del objs
         tags = {i: set() for i in held}       # the model
         alive = set(held)
+        past = []                             # (snapshot, {index: tags}) after some commits
 
         def obj(i):
             if i not in held:
@@ -549,8 +550,13 @@ def test_model_tags_keep_objects_alive(ops):
                 db0.commit()
                 alive -= {i for i in alive if i not in held and not tags[i]}
                 check()
+                if len(past) < 3:
+                    past.append((db0.snapshot(), {i: set(tags[i]) for i in alive}))
             else:
                 held.clear()
+                for snap, _ in past:
+                    snap.close()
+                past = []
                 db0.close()                  # close releases every proxy
                 alive = {i for i in alive if tags[i]}
                 db0.init(root, prefix="life", autocommit=False)
@@ -560,6 +566,14 @@ def test_model_tags_keep_objects_alive(ops):
         db0.commit()
         alive = {i for i in alive if tags[i]}
         check()
+        for snap, then in past:               # time travel sees the memberships of then
+            for i, ts in then.items():
+                o = snap.fetch(uids[i])
+                assert sorted(db0.tags(o)) == sorted(ts)
+                assert db0.getrefcount(o) == len(ts)
+            for tag in TAGS:
+                assert {o.name for o in snap.find(tag)} == {f"e{i}" for i, ts in then.items() if tag in ts}
+            snap.close()
     finally:
         db0.close()
         shutil.rmtree(root, ignore_errors=True)
