@@ -60,6 +60,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 import lmdb
 import msgpack
 
+from dbzero_ext.core import sort_journal
+
 from . import errors, workspace
 from .prefix import (F_DEAD, F_DIRTY, F_GHOST, F_INIT, F_NEW, F_READONLY, FIRST_USER_CLASS_ID,
                      MemoBase, Prefix, pack_oid, raw_dict)
@@ -79,8 +81,9 @@ _OID = struct.Struct(">Q")
 _unpack_oid = _OID.unpack_from
 _first = operator.itemgetter(0)
 
-# Journal db ids (storage.VERSIONED_DBS): classes 1, objects 2, chunks 3, index 4.
-_J_CLASSES, _J_OBJECTS, _J_CHUNKS, _J_INDEX = 1, 2, 3, 4
+# Journal db ids (storage.VERSIONED_DBS): classes 1, objects 2, chunks 3, index 4
+# (core.sort_journal reads them).
+assert _storage_mod.VERSIONED_DBS == {"classes": 1, "objects": 2, "chunks": 3, "index": 4}
 # Where the journal of state S lives (docs/format.md): history[JOURNAL + S], msgpack.
 _JOURNAL_KEY = getattr(_storage_mod, "JOURNAL", None)
 
@@ -246,14 +249,7 @@ def changed_since(storage, after: int, upto: int,
         if state in skip:
             continue
         entries = _journal_entries(storage, state)
-        if not entries:
-            continue
-        kinds = set(map(_first, entries))
-        if _J_OBJECTS in kinds or _J_INDEX in kinds:
-            heads.update([k[:8] for d, k in entries if d == _J_OBJECTS or d == _J_INDEX])
-        if _J_CHUNKS in kinds:
-            chunk_heads.update([k[:8] for d, k in entries if d == _J_CHUNKS])
-        if _J_CLASSES in kinds:
+        if entries and sort_journal(entries, heads, chunk_heads):
             classes = True
     heads |= chunk_heads
     return _ids_of(heads), _ids_of(chunk_heads), classes

@@ -748,3 +748,20 @@ def fetch(identifier, expected_type=None, prefix=None):
     if expected_type is not None and not isinstance(obj, expected_type):
         raise _errors.Error("Object type mismatch")
     return obj
+
+
+def sort_journal(entries, set heads, set chunk_heads):
+    """Sort a state's journal ``[[db id, key], ...]``: the 8-byte object-id heads of
+    changed records and index entries go to ``heads``, those of collection chunks to
+    ``chunk_heads``; True if a class record changed.  (Database ids: docs/format.md.)"""
+    cdef bint classes = False
+    cdef long db
+    for entry in entries:
+        db = entry[0]
+        if db == 2 or db == 4:          # objects, index
+            heads.add(entry[1][:8])
+        elif db == 3:                   # chunks
+            chunk_heads.add(entry[1][:8])
+        elif db == 1:                   # classes
+            classes = True
+    return classes
