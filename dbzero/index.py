@@ -29,8 +29,8 @@ A block value is its entries back to back, each preceded by its length (see
 the one block that can hold an entry, so a range select is one cursor walk over whole
 blocks and all per-entry work happens in C.  A commit merges the sorted pending adds and
 removes into the blocks they fall into and rewrites only those (splitting blocks that
-grew past the size; a block emptied by removals is deleted); a new index is written as
-full blocks.  Versioned history keeps the replaced blocks, so snapshots read old blocks.
+grew past the size, merging a block left under a quarter full into the next one, deleting
+emptied ones); a new index is written as full blocks.  Versioned history keeps the replaced blocks, so snapshots read old blocks.
 
 Semantics
 ---------
