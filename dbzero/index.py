@@ -29,8 +29,8 @@ A block value is its entries back to back, each preceded by its length (see
 the one block that can hold an entry, so a range select is one cursor walk over whole
 blocks and all per-entry work happens in C.  A commit merges the sorted pending adds and
 removes into the blocks they fall into and rewrites only those (splitting blocks that
-grew past the size; a block emptied by removals is deleted); a new index is written as
-full blocks.  Versioned history keeps the replaced blocks, so snapshots read old blocks.
+grew past the size, merging a block left under a quarter full into the next one, deleting
+emptied ones); a new index is written as full blocks.  Versioned history keeps the replaced blocks, so snapshots read old blocks.
 
 Semantics
 ---------
@@ -257,8 +257,10 @@ class Index:
 
     def _merge_blocks(self, batch: Any, prefix: bytes, adds: List[bytes], removes: List[bytes]) -> None:
         """Write sorted ``adds`` and ``removes`` into the committed blocks of one section,
-        rewriting only the blocks they fall into."""
+        rewriting only the blocks they fall into.  A rewritten block left under a quarter
+        full is merged into the block that follows it."""
         source = self._source(prefix)
+        deleted: Set[bytes] = set()             # block keys deleted by this merge
         i = j = 0
         na, nr = len(adds), len(removes)
         held: Optional[list] = None             # [bound, entries, appending] not yet written
@@ -277,9 +279,9 @@ class Index:
             if held is not None and held[0] == bound:
                 entries = held[1]               # the last block again: keep merging into it
             else:
-                if held is not None:
-                    self._write_blocks(batch, prefix, *held)
                 entries = decode_block(payload) if payload is not None else []
+                if held is not None:
+                    entries = self._settle(batch, source, prefix, held, bound, entries, deleted)
             if j2 > j:
                 entries = subtract_entries(entries, removes[j:j2])
             if i2 > i:
@@ -287,16 +289,41 @@ class Index:
             held = [bound, entries, appending]
             i, j = i2, j2
         if held is not None:
-            self._write_blocks(batch, prefix, *held)
+            self._settle(batch, source, prefix, held, None, [], deleted)
+
+    @classmethod
+    def _settle(cls, batch: Any, source: Any, prefix: bytes, held: list, next_bound: Optional[bytes],
+                next_entries: List[bytes], deleted: Set[bytes]) -> List[bytes]:
+        """Write the held block; a small one goes in front of the following block instead
+        (the next group's block ``next_bound``: returned as part of ``next_entries``)."""
+        bound, entries, appending = held
+        if bound is None or appending or \
+                sum(map(len, entries)) + len(entries) >= BLOCK_BYTES // 4:
+            cls._write_blocks(batch, prefix, [bound], entries, appending, deleted)
+            return next_entries
+        payload = source.seek(bound + b"\x00")
+        following = source.last
+        if payload is None:                     # the last block stays as it is
+            cls._write_blocks(batch, prefix, [bound], entries, appending, deleted)
+            return next_entries
+        if following == next_bound:             # carry into the next group's block
+            cls._write_blocks(batch, prefix, [bound], [], False, deleted)
+            return entries + next_entries
+        cls._write_blocks(batch, prefix, [bound, following], entries + decode_block(payload),
+                          False, deleted)
+        return next_entries
 
     @staticmethod
-    def _write_blocks(batch: Any, prefix: bytes, bound: Optional[bytes], entries: List[bytes],
-                      appending: bool) -> None:
-        """Replace the block keyed ``bound`` (None: none) by blocks holding ``entries``."""
-        if bound is not None:
-            batch.delete("index", prefix + bound)
+    def _write_blocks(batch: Any, prefix: bytes, old: List[Optional[bytes]], entries: List[bytes],
+                      appending: bool, deleted: Set[bytes]) -> None:
+        """Replace the blocks keyed ``old`` (None: none) by blocks holding ``entries``.  Keys
+        that did not exist are written as fresh (no history lookup)."""
+        for bound in old:
+            if bound is not None:
+                batch.delete("index", prefix + bound)
+                deleted.add(bound)
         for last, block in encode_blocks(entries, BLOCK_BYTES, appending):
-            batch.put("index", prefix + last, block, fresh=last != bound)
+            batch.put("index", prefix + last, block, fresh=last not in deleted)
 
     def _db0_committed(self) -> None:
         self._pend_members = {}

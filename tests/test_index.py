@@ -622,6 +622,35 @@ def test_appends_fill_blocks_and_removals_keep_order(db):
         assert len(ix) == len(expect)
 
 
+def test_small_blocks_merge_forward(db):
+    with _SmallBlocks(200):
+        ix = db0.index()
+        h = Holder(ix)
+        objs = [Event(i, None) for i in range(600)]
+        for o in objs:
+            ix.add(o.eid, o)
+        db0.commit()
+        full = len(_blocks(ix))
+        s1 = db0.get_state_num(finalized=True)
+        keep = set(range(0, 600, 10)) | set(range(300, 320))
+        for o in objs:                          # thin out everything but a dense run
+            if o.eid not in keep:
+                ix.remove(o.eid, o)
+        db0.commit()
+        assert ids(ix.select(None, None)) == sorted(keep)
+        assert len(_check_blocks(ix)) == len(keep) == len(ix)
+        assert len(_blocks(ix)) < full // 2                    # small blocks were merged
+        for o in objs[::7]:                     # and refilled
+            ix.add(o.eid, o)
+            keep.add(o.eid)
+        db0.commit()
+        assert len(_check_blocks(ix)) == len(keep)
+        assert ids(ix.select(None, None)) == sorted(keep)
+        assert ids(ix.sort(db0.find(Event), desc=True)) == sorted(keep, reverse=True)
+        with db0.snapshot(s1) as snap:          # the merged blocks' history
+            assert ids(snap.fetch(db0.uuid(h)).ix.select(None, None)) == list(range(600))
+
+
 def test_blocks_through_snapshots(db):
     with _SmallBlocks():
         ix = db0.index()
@@ -652,7 +681,7 @@ def test_model_numeric_keys_small_blocks(ops):
     cost = SortQuery.LOOKUP_COST
     SortQuery.LOOKUP_COST = 0       # sorts look keys up in the reverse blocks
     try:
-        with _SmallBlocks(40):
+        with _SmallBlocks(64):      # ~4 entries a block; one entry is "small" (merged)
             _run_index_model(ops)
     finally:
         SortQuery.LOOKUP_COST = cost
@@ -661,5 +690,5 @@ def test_model_numeric_keys_small_blocks(ops):
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_index_ops(STR_KEYS))
 def test_model_str_keys_small_blocks(ops):
-    with _SmallBlocks(40):
+    with _SmallBlocks(80):
         _run_index_model(ops)
