@@ -113,9 +113,8 @@ def commit_together(ws, prefixes: List[Any]) -> None:
 def _add_marker(storage: Storage, txid: str, participants: List[str], batch: WriteBatch) -> None:
     # Keys rewritten in place (reference counts only) keep no history and cannot be undone;
     # commit_together turns that optimisation off, this only guards against deleting them.
-    in_place = getattr(batch, "in_place", ())
     puts = [[name, key] for name, ops in batch.puts.items() for key, value in ops.items()
-            if value is not None and not (name == "objects" and key in in_place)]
+            if value is not None]
     puts += [["objects", key] for key, _value in getattr(batch, "fresh_objects", ())]
     adds = [[name, key, value] for name, key, value in batch.dup_adds()]
     batch.meta[MARKER] = msgpack.packb({"tx": txid, "state": storage.state + 1,

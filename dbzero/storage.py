@@ -30,7 +30,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import lmdb
 import msgpack
 
-from dbzero_ext.core import with_header
+from dbzero_ext.core import keep_write_state, with_header
 from dbzero_ext.postings import IdSet
 from dbzero_ext.tagstore import first_of_each_key, join_journal, membership_history, split_by_floor
 
@@ -112,7 +112,9 @@ class WriteBatch:
         self.dup_sets: Dict[str, Tuple[list, list]] = {}
         self.meta: Dict[bytes, bytes] = {}
         self.fresh: set = set()
-        self.in_place: set = set()   # object keys rewritten keeping their write state
+        # (key, record) of objects whose reference count alone changed: rewritten in place,
+        # keeping their write state, no history (exclusive writers only).
+        self.in_place: List[Tuple[bytes, bytes]] = []
         # (key, value) of objects created since the last commit, in id order: no history.
         self.fresh_objects: List[Tuple[bytes, bytes]] = []
 
@@ -149,7 +151,8 @@ class WriteBatch:
                 yield name, key, value
 
     def __bool__(self) -> bool:
-        return bool(self.puts or self.dups or self.meta or self.fresh_objects or self.dup_sets)
+        return bool(self.puts or self.dups or self.meta or self.fresh_objects or self.dup_sets
+                    or self.in_place)
 
 
 def history_key(db_id: int, key: bytes, state: int) -> bytes:
@@ -458,16 +461,17 @@ class Storage:
             if batch.fresh_objects:
                 self._put_many(txn, dbs["objects"], with_header(header, batch.fresh_objects),
                                dupdata=False)
+            if batch.in_place:
+                # One C-level read of the old records for their write states, one write.
+                olds = txn.cursor(db=dbs["objects"]).getmulti([key for key, _ in batch.in_place])
+                self._put_many(txn, dbs["objects"], keep_write_state(olds, batch.in_place, header),
+                               dupdata=False)
             for name, ops in batch.puts.items():
                 db, db_id = dbs[name], VERSIONED_DBS[name]
                 new_items = []
-                in_place = batch.in_place if name == "objects" else ()
                 for key, value in ops.items():
                     if (name, key) not in fresh:
                         old = txn.get(key, db=db)
-                        if old is not None and key in in_place and value is not None:
-                            txn.put(key, old[:8] + value, db=db)
-                            continue
                         if old is not None:
                             if base_state is not None and _unpack_state(old)[0] > base_state:
                                 raise ConflictError(f"{self.path}: {name} key {key.hex()} was changed "

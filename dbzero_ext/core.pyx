@@ -555,7 +555,7 @@ cdef class PrefixCore:
         ``batch.fresh_objects`` (key, value) in id order, changed ones to ``puts``."""
         cdef dict objects = batch.puts.setdefault("objects", {})
         cdef list fresh = batch.fresh_objects
-        cdef set in_place = batch.in_place
+        cdef list in_place = batch.in_place
         cdef dict info_of = self._info_by_cls
         cdef bint rc_in_place = self.in_place_refcounts
         cdef MemoBase m
@@ -578,10 +578,10 @@ cdef class PrefixCore:
                 flags = m._flags
                 if flags & F_NEW:
                     fresh.append((key, value))
+                elif not flags & F_DIRTY and rc_in_place:
+                    in_place.append((key, value))   # only the reference count changed
                 else:
                     objects[key] = value
-                    if not flags & F_DIRTY and rc_in_place:
-                        in_place.add(key)
             else:
                 obj._db0_flush(batch)
 
@@ -765,3 +765,16 @@ def sort_journal(entries, set heads, set chunk_heads):
         elif db == 1:                   # classes
             classes = True
     return classes
+
+
+def keep_write_state(list olds, list items, bytes header):
+    """``[(key, write state of the old record + new record)]`` for the ``(key, record)``
+    ``items`` whose old records ``olds`` (``[(key, old)]``) were found; ``header`` (this
+    commit's state) for any that were not."""
+    cdef dict new = dict(items)
+    cdef list out = []
+    for key, old in olds:
+        out.append((key, (<bytes>old)[:8] + new.pop(key)))
+    for key, value in new.items():
+        out.append((key, header + value))
+    return out

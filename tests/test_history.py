@@ -683,3 +683,38 @@ def test_sigkill_during_a_large_commit_keeps_the_previous_state(tmp_path):
             rounds["before"] += 1
             assert k == committed and (count, length, tagged) == (n * k, n * k, n)
     assert rounds["before"] + rounds["after"] == KILLS, rounds
+
+
+@db0.memo(id="hist.Pointer")
+class Pointer:
+    def __init__(self, target=None):
+        self.target = target
+
+
+def test_reference_count_changes_are_rewritten_in_place(db):
+    # A record whose reference count alone changes keeps its write state and writes no
+    # history (fields are what time travel and change queries see), even in bulk.
+    from dbzero import workspace
+    targets = [Pointer() for _ in range(300)]
+    holder = Pointer(targets[0])
+    db0.commit()
+    px = workspace.current().current_prefix()
+    written = {t._oid: px.storage.get_versioned("objects", t._oid.to_bytes(8, "big"))[0]
+               for t in targets}
+    before = db0.get_state_num()
+    holder.others = db0.list(targets)            # one more reference to each target
+    db0.commit()
+    after = db0.get_state_num()
+    assert after == before + 1
+    journal = {key for _db, key in px.storage.journal(after)}
+    for t in targets:
+        key = t._oid.to_bytes(8, "big")
+        assert px.storage.get_versioned("objects", key)[0] == written[t._oid]
+        assert key not in journal
+        assert db0.getrefcount(t) == (2 if t is targets[0] else 1)
+    uids = [db0.uuid(t) for t in targets]
+    del targets, t
+    db0.clear_cache()
+    assert [db0.getrefcount(db0.fetch(u)) for u in uids[:3]] == [2, 1, 1]
+    with db0.snapshot(before) as snap:
+        assert snap.fetch(uids[1]).target is None
