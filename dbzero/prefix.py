@@ -475,10 +475,10 @@ class Prefix(PrefixCore):
             if info.dirty:
                 batch.put("classes", _CLS.pack(info.class_id), msgpack.packb(info.record()))
         batch.meta[b"next_oid"] = pack_oid(self._next_oid)
-        self.storage.commit(batch)
+        state = self.storage.commit(batch)
         for info in self._classes_by_id.values():
             info.dirty = False
-        self.after_commit()
+        self.after_commit(state)
         return True
 
     @property

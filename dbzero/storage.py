@@ -104,7 +104,8 @@ class WriteBatch:
     ``dup_sets[db]`` holds bulk membership changes as pre-sorted runs (see ``dup_set``).
     """
 
-    __slots__ = ("puts", "dups", "meta", "fresh", "in_place", "fresh_objects", "dup_sets")
+    __slots__ = ("puts", "dups", "meta", "fresh", "in_place", "in_place_full", "fresh_objects",
+                 "dup_sets")
 
     def __init__(self) -> None:
         self.puts: Dict[str, Dict[bytes, Optional[bytes]]] = {}
@@ -115,6 +116,8 @@ class WriteBatch:
         # (key, record) of objects whose reference count alone changed: rewritten in place,
         # keeping their write state, no history (exclusive writers only).
         self.in_place: List[Tuple[bytes, bytes]] = []
+        # The same with the write state already in front (the object knew it).
+        self.in_place_full: List[Tuple[bytes, bytes]] = []
         # (key, value) of objects created since the last commit, in id order: no history.
         self.fresh_objects: List[Tuple[bytes, bytes]] = []
 
@@ -152,7 +155,7 @@ class WriteBatch:
 
     def __bool__(self) -> bool:
         return bool(self.puts or self.dups or self.meta or self.fresh_objects or self.dup_sets
-                    or self.in_place)
+                    or self.in_place or self.in_place_full)
 
 
 def history_key(db_id: int, key: bytes, state: int) -> bytes:
@@ -461,6 +464,8 @@ class Storage:
             if batch.fresh_objects:
                 self._put_many(txn, dbs["objects"], with_header(header, batch.fresh_objects),
                                dupdata=False)
+            if batch.in_place_full:
+                self._put_many(txn, dbs["objects"], batch.in_place_full, dupdata=False)
             if batch.in_place:
                 # One C-level read of the old records for their write states, one write.
                 olds = txn.cursor(db=dbs["objects"]).getmulti([key for key, _ in batch.in_place])

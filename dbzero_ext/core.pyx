@@ -421,6 +421,7 @@ cdef class PrefixCore:
             d.clear()
             raise
         obj._rc = rc
+        obj._wstate = r.wstate
         obj._flags &= ~F_GHOST
         if obj._rc == 0 and not self.shared and not self.readonly and info.singleton_oid != obj._oid:
             # (Read-only prefixes never collect.  Shared writers collect only what they
@@ -556,6 +557,7 @@ cdef class PrefixCore:
         cdef dict objects = batch.puts.setdefault("objects", {})
         cdef list fresh = batch.fresh_objects
         cdef list in_place = batch.in_place
+        cdef list rewrites = batch.in_place_full
         cdef dict info_of = self._info_by_cls
         cdef bint rc_in_place = self.in_place_refcounts
         cdef MemoBase m
@@ -579,15 +581,20 @@ cdef class PrefixCore:
                 if flags & F_NEW:
                     fresh.append((key, value))
                 elif not flags & F_DIRTY and rc_in_place:
-                    in_place.append((key, value))   # only the reference count changed
+                    # Only the reference count changed: rewritten keeping its write state.
+                    if m._wstate:
+                        rewrites.append((key, _pack_oid(m._wstate) + value))
+                    else:
+                        in_place.append((key, value))
                 else:
                     objects[key] = value
             else:
                 obj._db0_flush(batch)
 
-    def after_commit(self):
-        """Clear dirty state; start tracking written count-0 objects."""
+    def after_commit(self, unsigned long long state):
+        """Clear dirty state after commit ``state``; start tracking written count-0 objects."""
         cdef MemoBase m
+        cdef bint rc_in_place = self.in_place_refcounts
         cdef set zero_rc = self.zero_rc
         cdef dict ref_oid = self._ref_oid
         cdef PyObject* ref
@@ -597,6 +604,8 @@ cdef class PrefixCore:
                 m = <MemoBase>obj
                 flags = m._flags
                 m._flags = flags & ~(F_DIRTY | F_NEW | F_RCDIRTY)
+                if flags & (F_NEW | F_DIRTY) or not rc_in_place:
+                    m._wstate = state       # its record was written with this state
                 if flags & F_NEW:
                     continue    # created with a count of 0 and tracked since (_create)
             else:

@@ -5,6 +5,7 @@ cdef class MemoBase:
     cdef public unsigned long long _oid
     cdef public int _flags
     cdef public long long _rc
+    cdef public unsigned long long _wstate   # state that wrote the stored record (0: unknown)
 
 
 # Flag bits of MemoBase._flags (mirrored in dbzero/prefix.py).

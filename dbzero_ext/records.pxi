@@ -14,6 +14,7 @@ cdef class _Reader:
     cdef Py_ssize_t pos, end
     cdef object owner       # keeps the bytes alive
     cdef object ext_hook
+    cdef unsigned long long wstate    # the record's write state (0 if not in front of it)
 
 
 cdef inline unsigned long long _be(const unsigned char* p, int n):
@@ -139,6 +140,7 @@ cdef _Reader _reader(bytes raw, Py_ssize_t offset, ext_hook):
     r.pos = offset
     r.end = PyBytes_GET_SIZE(raw)
     r.ext_hook = ext_hook
+    r.wstate = _be(r.buf, 8) if offset == 8 and r.end >= 8 else 0
     return r
 
 

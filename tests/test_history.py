@@ -716,5 +716,12 @@ def test_reference_count_changes_are_rewritten_in_place(db):
     del targets, t
     db0.clear_cache()
     assert [db0.getrefcount(db0.fetch(u)) for u in uids[:3]] == [2, 1, 1]
+    # Loaded (not created) by this process: the write state comes from the stored record.
+    reloaded = [db0.fetch(u) for u in uids]
+    holder.more = db0.list(reloaded)
+    db0.commit()
+    for t in reloaded:
+        assert px.storage.get_versioned("objects", t._oid.to_bytes(8, "big"))[0] == written[t._oid]
+    assert db0.getrefcount(reloaded[1]) == 2
     with db0.snapshot(before) as snap:
         assert snap.fetch(uids[1]).target is None
