@@ -269,7 +269,8 @@ cdef class PrefixCore:
     cdef inline int _ghost_flags(self):
         return F_GHOST | (F_READONLY if self.readonly else 0)
 
-    cdef object _new_proxy(self, unsigned long long oid, int class_id, int flags):
+    cdef object _new_proxy(self, unsigned long long oid, int class_id, int flags,
+                           bint register=True):
         cdef MemoBase obj
         if class_id < FIRST_USER_CLASS_ID:
             made = _collection_kinds[class_id]._db0_ghost(self, oid)
@@ -285,7 +286,8 @@ cdef class PrefixCore:
         obj._px = self
         obj._oid = oid
         obj._flags = flags
-        self._register(oid, obj)
+        if register:
+            self._register(oid, obj)
         return obj
 
     def get_object(self, unsigned long long oid, int class_id):
@@ -382,8 +384,10 @@ cdef class PrefixCore:
         cdef int cid = _read_value(r)
         if cid < FIRST_USER_CLASS_ID:
             return self._new_proxy(oid, cid, 0)
-        m = <MemoBase>self._new_proxy(oid, cid, self._ghost_flags())
-        self._fill_from(m, r, n, cid)
+        # Registered by _fill_from once the reference count tells how (one weak
+        # reference, with or without a death callback).
+        m = <MemoBase>self._new_proxy(oid, cid, self._ghost_flags(), False)
+        self._fill_from(m, r, n, cid, True)
         return m
 
     def fetch(self, unsigned long long oid):
@@ -397,8 +401,10 @@ cdef class PrefixCore:
                                          "(deleted or never committed)")
         return obj
 
-    cdef _fill_from(self, MemoBase obj, _Reader r, Py_ssize_t n, int cid):
-        """Decode the rest of a record (after its class id) into the ghost ``obj``."""
+    cdef _fill_from(self, MemoBase obj, _Reader r, Py_ssize_t n, int cid, bint register=False):
+        """Decode the rest of a record (after its class id) into the ghost ``obj``; with
+        ``register``, also put ``obj`` in the identity map (before decoding the fields,
+        which may refer back to it)."""
         cdef PyObject* found = PyDict_GetItem(self._classes_by_id, cid)
         cdef ClassInfo info
         if found is NULL:
@@ -412,6 +418,16 @@ cdef class PrefixCore:
             raise _errors.FormatError(f"prefix {self.name}: record of object {obj._oid} has "
                                       f"{n - 2} slots, class {info.name} has {len(fields)} fields")
         rc = _read_value(r)
+        # (Read-only prefixes never collect.  Shared writers collect only what they
+        # created or released themselves: a count-0 object loaded here may be held by
+        # the process that created it.)
+        cdef bint watch = (rc == 0 and not self.shared and not self.readonly
+                           and info.singleton_oid != obj._oid)
+        if watch:
+            self.zero_rc.add(obj._oid)
+            self._track(obj)
+        elif register:
+            self._register(obj._oid, obj)
         try:
             for i in range(2, n):
                 value = _read_value(r)
@@ -423,12 +439,6 @@ cdef class PrefixCore:
         obj._rc = rc
         obj._wstate = r.wstate
         obj._flags &= ~F_GHOST
-        if obj._rc == 0 and not self.shared and not self.readonly and info.singleton_oid != obj._oid:
-            # (Read-only prefixes never collect.  Shared writers collect only what they
-            # created or released themselves: a count-0 object loaded here may be held by
-            # the process that created it.)
-            self.zero_rc.add(obj._oid)
-            self._track(obj)
 
 
     def load_into(self, MemoBase obj):
@@ -727,6 +737,19 @@ def configure_fetch(view_get, fetch_other):
     _fetch_other = fetch_other
 
 
+# The workspace lock's bound methods (the hottest path takes it once per call).
+cdef object _lock = None
+cdef object _lock_acquire = None
+cdef object _lock_release = None
+
+
+cdef _cache_lock(lock):
+    global _lock, _lock_acquire, _lock_release
+    _lock_acquire = lock.acquire
+    _lock_release = lock.release
+    _lock = lock
+
+
 def fetch(identifier, expected_type=None, prefix=None):
     """The object with this uuid, or the instance of a singleton class.
 
@@ -747,11 +770,17 @@ def fetch(identifier, expected_type=None, prefix=None):
             prefix_uuid, oid = _decode_uuid(identifier)
         except ValueError:
             raise _errors.InvalidUUIDError(f"Invalid UUID: {identifier!r}") from None
-        with ws.lock:
+        lock = ws.lock
+        if lock is not _lock:
+            _cache_lock(lock)
+        _lock_acquire()
+        try:
             px = ws.by_uuid.get(prefix_uuid)
             if px is None or px.closed:
                 px = ws.prefix_by_uuid(prefix_uuid)
             obj = (<PrefixCore>px)._fetch(oid)
+        finally:
+            _lock_release()
     else:
         obj = _fetch_other(ws, identifier, prefix)
     if expected_type is not None and not isinstance(obj, expected_type):
