@@ -558,14 +558,7 @@ class Index:
         with px.lock:
             self._check_write()
             px.log_undo(self)
-            self._release_members()
-            self._adds = set()
-            self._pend_members = {}
-            self._removes = set()
-            self._cleared = True
-            self._count = 0
-            self._multi = False
-            self._changed()
+            self._db0_release_all()
             px.mark_dirty(self)
 
     def flush(self) -> None:

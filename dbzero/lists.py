@@ -43,7 +43,37 @@ def _new(cls, px, items: Iterable, refcount: int = 0):
     return obj
 
 
-class _SeqMixin:
+class _Ordered:
+    """``!=`` and ordering comparisons against the plain value a collection reads as:
+    subclasses give ``_order_value()`` (that value) and ``_order_operand(other)`` (the
+    comparable value of ``other``, or None when the types do not compare)."""
+
+    __slots__ = ()
+
+    def __ne__(self, other):
+        eq = self.__eq__(other)
+        return eq if eq is NotImplemented else not eq
+
+    def __lt__(self, other):
+        o = self._order_operand(other)
+        return NotImplemented if o is None else self._order_value() < o
+
+    def __le__(self, other):
+        o = self._order_operand(other)
+        return NotImplemented if o is None else self._order_value() <= o
+
+    def __gt__(self, other):
+        o = self._order_operand(other)
+        return NotImplemented if o is None else self._order_value() > o
+
+    def __ge__(self, other):
+        o = self._order_operand(other)
+        return NotImplemented if o is None else self._order_value() >= o
+
+    __hash__ = None
+
+
+class _SeqMixin(_Ordered):
     """Comparison and formatting shared by List and Tuple (Python-level, not hot)."""
 
     __slots__ = ()
@@ -75,27 +105,8 @@ class _SeqMixin:
             return self._plain_copy() == self._other(other)
         return NotImplemented
 
-    def __ne__(self, other):
-        eq = self.__eq__(other)
-        return eq if eq is NotImplemented else not eq
-
-    def __lt__(self, other):
-        o = self._other(other)
-        return NotImplemented if o is None else self._plain_copy() < o
-
-    def __le__(self, other):
-        o = self._other(other)
-        return NotImplemented if o is None else self._plain_copy() <= o
-
-    def __gt__(self, other):
-        o = self._other(other)
-        return NotImplemented if o is None else self._plain_copy() > o
-
-    def __ge__(self, other):
-        o = self._other(other)
-        return NotImplemented if o is None else self._plain_copy() >= o
-
-    __hash__ = None
+    _order_value = _plain_copy
+    _order_operand = _other
 
     def count(self, value) -> int:
         """Number of items equal to ``value``."""
@@ -229,7 +240,7 @@ _BYTES_METHODS_VALUE = (
 )
 
 
-class ByteArray(_chunks.MutableSeq):
+class ByteArray(_Ordered, _chunks.MutableSeq):
     """A persistent bytearray.  ``db0.bytearray(b"...")``, ``db0.bytearray()``,
     ``db0.bytearray(iterable_of_ints)``.
 
@@ -271,34 +282,14 @@ class ByteArray(_chunks.MutableSeq):
             return len(other) == len(self) and self._bytes_copy() == other
         return NotImplemented
 
-    def __ne__(self, other):
-        eq = self.__eq__(other)
-        return eq if eq is NotImplemented else not eq
-
-    def _cmp_other(self, other):
+    def _order_operand(self, other):
         if isinstance(other, ByteArray):
             return other._bytes_copy()
         if isinstance(other, (_builtin_bytes, _builtin_bytearray)):
             return other
         return None
 
-    def __lt__(self, other):
-        o = self._cmp_other(other)
-        return NotImplemented if o is None else self._bytes_copy() < o
-
-    def __le__(self, other):
-        o = self._cmp_other(other)
-        return NotImplemented if o is None else self._bytes_copy() <= o
-
-    def __gt__(self, other):
-        o = self._cmp_other(other)
-        return NotImplemented if o is None else self._bytes_copy() > o
-
-    def __ge__(self, other):
-        o = self._cmp_other(other)
-        return NotImplemented if o is None else self._bytes_copy() >= o
-
-    __hash__ = None
+    _order_value = _bytes_copy
 
     def __add__(self, other):
         if isinstance(other, ByteArray):

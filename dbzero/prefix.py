@@ -186,13 +186,6 @@ class Prefix(PrefixCore):
 
     # -- identity ------------------------------------------------------------------
 
-    def new_oid(self) -> int:
-        oid = self._next_oid
-        if oid >= self._oid_limit:
-            oid = _sharing().reserve_oids(self)
-        self._next_oid = oid + 1
-        return oid
-
     def uuid_of(self, oid: int) -> str:
         return self.workspace.format_uuid(self.uuid, oid)
 

@@ -522,12 +522,8 @@ def wait(prefix: str, state: int, timeout_ms: Optional[float] = None) -> bool:
     deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000.0
     pause = 0.0002
     while True:
-        with ws.lock:
-            px = ws.get_prefix(prefix)
-            if px._share is not None:
-                sync_prefix(px)
-            if px.state_num >= state:
-                return True
+        if _reached(ws, prefix, state):
+            return True
         if deadline is not None:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -536,6 +532,15 @@ def wait(prefix: str, state: int, timeout_ms: Optional[float] = None) -> bool:
         else:
             time.sleep(pause)
         pause = min(pause * 1.25, 0.0005)
+
+
+def _reached(ws, prefix: str, state: int) -> bool:
+    """Has ``prefix`` reached ``state`` (after catching up with other processes)?"""
+    with ws.lock:
+        px = ws.get_prefix(prefix)
+        if px._share is not None:
+            sync_prefix(px)
+        return px.state_num >= state
 
 
 def async_wait(prefix: str, state: int, timeout_ms: Optional[float] = None):
@@ -551,12 +556,8 @@ async def _async_wait(prefix: str, state: int, timeout_ms: Optional[float]) -> b
     ws = workspace.current()
     deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000.0
     while True:
-        with ws.lock:
-            px = ws.get_prefix(prefix)
-            if px._share is not None:
-                sync_prefix(px)
-            if px.state_num >= state:
-                return True
+        if _reached(ws, prefix, state):
+            return True
         if deadline is not None and time.monotonic() >= deadline:
             return False
         await asyncio.sleep(0.001)

@@ -276,13 +276,7 @@ cdef class PrefixCore:
             made = _collection_kinds[class_id]._db0_ghost(self, oid)
             self._register(oid, made)
             return made
-        cdef PyObject* found = PyDict_GetItem(self._classes_by_id, class_id)
-        cdef ClassInfo info
-        if found is NULL or (<ClassInfo>found).cls is None:
-            info = self.class_by_id(class_id)
-        else:
-            info = <ClassInfo>found
-        obj = MemoBase.__new__(info.cls)
+        obj = MemoBase.__new__(self._info_by_id(class_id).cls)
         obj._px = self
         obj._oid = oid
         obj._flags = flags
@@ -350,7 +344,7 @@ cdef class PrefixCore:
         """A reader over the stored record of ``oid``, or None if there is none."""
         storage = self.storage
         cdef Py_ssize_t offset = 0
-        if type(storage) is _storage_type:
+        if isinstance(storage, _storage_type):
             raw = storage._rtxn.get(_pack_oid(oid), None, storage._objects_db)
             offset = 8      # the write state in front of every versioned value
         else:
@@ -405,12 +399,7 @@ cdef class PrefixCore:
         """Decode the rest of a record (after its class id) into the ghost ``obj``; with
         ``register``, also put ``obj`` in the identity map (before decoding the fields,
         which may refer back to it)."""
-        cdef PyObject* found = PyDict_GetItem(self._classes_by_id, cid)
-        cdef ClassInfo info
-        if found is NULL:
-            info = self.class_by_id(cid)
-        else:
-            info = <ClassInfo>found
+        cdef ClassInfo info = self._info_by_id(cid)
         cdef list fields = info.fields
         cdef dict d = _dict_of(obj)
         cdef Py_ssize_t i
@@ -507,22 +496,42 @@ cdef class PrefixCore:
         else:
             obj._db0_decref()
 
+    # -- classes and ids -------------------------------------------------------------
+
+    cdef ClassInfo _info_by_id(self, int class_id):
+        """The ClassInfo of a stored class id, its Python class resolved."""
+        cdef PyObject* found = PyDict_GetItem(self._classes_by_id, class_id)
+        if found is NULL or (<ClassInfo>found).cls is None:
+            return self.class_by_id(class_id)
+        return <ClassInfo>found
+
+    cdef ClassInfo _info_of_class(self, type cls):
+        """The ClassInfo of a memo class (registered on first use), cached per class."""
+        cdef PyObject* found = PyDict_GetItem(self._info_by_cls, cls)
+        if found is not NULL:
+            return <ClassInfo>found
+        info = self.class_info(cls)
+        self._info_by_cls[cls] = info
+        return info
+
+    cdef unsigned long long _new_oid(self) except? 0:
+        cdef unsigned long long oid = self._next_oid
+        if oid >= self._oid_limit:
+            oid = _reserve_oids(self)   # shared writers draw ids from reserved blocks
+        self._next_oid = oid + 1
+        return oid
+
+    def new_oid(self):
+        """A fresh object id (ids are never reused)."""
+        return self._new_oid()
+
     # -- creating --------------------------------------------------------------------
 
     cdef object _create(self, type cls, _ClassPlan plan):
         if self.readonly or self.closed:
             self.check_writable()
-        cdef PyObject* found = PyDict_GetItem(self._info_by_cls, cls)
-        cdef ClassInfo info
-        if found is NULL:
-            info = self.class_info(cls)
-            self._info_by_cls[cls] = info
-        else:
-            info = <ClassInfo>found
-        cdef unsigned long long oid = self._next_oid
-        if oid >= self._oid_limit:
-            oid = _reserve_oids(self)
-        self._next_oid = oid + 1
+        cdef ClassInfo info = self._info_of_class(cls)
+        cdef unsigned long long oid = self._new_oid()
         cdef MemoBase obj = MemoBase.__new__(cls)
         obj._px = self
         obj._oid = oid
@@ -568,23 +577,15 @@ cdef class PrefixCore:
         cdef list fresh = batch.fresh_objects
         cdef list in_place = batch.in_place
         cdef list rewrites = batch.in_place_full
-        cdef dict info_of = self._info_by_cls
         cdef bint rc_in_place = self.in_place_refcounts
         cdef MemoBase m
-        cdef PyObject* found
         cdef ClassInfo info
         cdef int flags
         pack = self.codec.pack
         for oid, obj in self.dirty.items():
             if isinstance(obj, MemoBase):
                 m = <MemoBase>obj
-                cls = type(m)
-                found = PyDict_GetItem(info_of, cls)
-                if found is NULL:
-                    info = self.class_info(cls)
-                    info_of[cls] = info
-                else:
-                    info = <ClassInfo>found
+                info = self._info_of_class(type(m))
                 key = _pack_oid(m._oid)
                 value = _pack_record(m, info, pack)
                 flags = m._flags

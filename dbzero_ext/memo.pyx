@@ -155,6 +155,3 @@ def raw_dict(MemoBase obj):
     """The instance dict without triggering a load (for the engine only)."""
     return _instance_dict(obj)
 
-
-def is_memo_instance(obj):
-    return isinstance(obj, MemoBase)
