@@ -63,10 +63,10 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 
 from dbzero_ext.keys import encode_key
 from dbzero_ext.postings import IdSet
-from dbzero_ext.query import (BLOCK_BYTES, CursorSource, all_ints, ListSource, OidSet, Probe, decode_block,
-                              encode_blocks, entry_member, lookup as _c_lookup, member_prefix,
-                              merge_entries, pair_entry, reverse_entries, scan as _c_scan,
-                              sort_entries, subtract_entries)
+from dbzero_ext.query import (BLOCK_BYTES, CursorSource, IndexCore, all_ints, configure_index,
+                              ListSource, OidSet, Probe, decode_block, encode_blocks, entry_member,
+                              lookup as _c_lookup, member_prefix, merge_entries, pair_entry,
+                              reverse_entries, scan as _c_scan, sort_entries, subtract_entries)
 
 from . import errors, workspace
 from .prefix import F_DEAD, MemoBase, pack_oid, register_collection_kind
@@ -122,22 +122,21 @@ def _entry_of(member: Any, ekey: bytes) -> bytes:
     return pair_entry(ekey or None, member[1], member[0])
 
 
-def _member_of_obj(obj: Any, px: Any) -> Any:
-    return obj._oid if obj._px is px else (obj._px.uuid, obj._oid)
+configure_index(errors, _ekey, _entry_of)
 
 
 # -- the index ------------------------------------------------------------------------------------
 
-class Index:
+class Index(IndexCore):
     """An ordered multimap key -> memo object with range selects and sorting of queries.
 
     Create with ``db0.index()``; keep it reachable (store it on a memo object) to persist it.
+    ``add`` and ``remove`` and the fields they touch are in IndexCore
+    (dbzero_ext/ixcore.pxi).
     """
 
     _db0_kind = KIND
-    __slots__ = ("_px", "_oid", "_flags", "_db0_closed", "_db0_dead", "_loaded", "_refcount",
-                 "_count", "_new", "_adds", "_removes", "_cleared", "_sorted", "_sorted_removes",
-                 "_by_member", "_multi", "_pend_members", "_probes", "_version", "__weakref__")
+    __slots__ = ("_flags", "_refcount", "_probes")
 
     def __init__(self) -> None:
         ws = workspace.current()
@@ -464,85 +463,6 @@ class Index:
         return self._by_member
 
     # -- public API ----------------------------------------------------------------------------------
-
-    def add(self, key: Any, obj: Any) -> None:
-        """Store ``obj`` under ``key`` (a pair stored twice counts once).
-
-        Keys: int, float, Decimal, bool, str, bytes, date, datetime, time, tuples of
-        those, or None (null).  Raises ``db0.Error("Expected a memo object")`` for a
-        non-memo value, TypeError for an unsupported key type.
-        """
-        if not isinstance(obj, MemoBase):
-            raise errors.Error("Expected a memo object")
-        ekey = encode_key(key) if type(key) is int else _ekey(key)
-        px = self._px
-        with px.lock:
-            if self._db0_dead or self._db0_closed or not self._loaded or px.closed or px.readonly:
-                self._check_write()
-            if obj._flags & F_DEAD:
-                raise errors.ReferenceError("Memo instance expired")
-            local = obj._px is px
-            if local:
-                member = obj._oid
-                entry = pair_entry(ekey, member, None)
-            else:
-                member = (obj._px.uuid, obj._oid)
-                entry = pair_entry(ekey, obj._oid, obj._px.uuid)
-            adds = self._adds
-            if entry in adds:
-                return
-            revive = entry in self._removes
-            committed = not (self._new or self._cleared)
-            if not revive and committed and self._probe(FORWARD).has(entry):
-                return
-            if px.atomic_log is not None:
-                px.log_undo(self)
-            pend = self._pend_members
-            if not self._multi and (member in pend or (committed and self._member_has_key(member))):
-                self._multi = True
-            if revive:
-                self._removes.discard(entry)
-                self._sorted_removes = None
-            else:
-                adds.add(entry)
-                pend[member] = pend.get(member, 0) + 1
-                self._sorted = None
-            self._by_member = None
-            self._version += 1
-            self._count += 1
-            if px.dirty.get(self._oid) is not self or not px.changed:
-                px.mark_dirty(self)
-            if local:
-                px.incref(obj)
-
-    def remove(self, key: Any, obj: Any) -> None:
-        """Remove the pair (key, obj); an absent pair is silently ignored."""
-        if not isinstance(obj, MemoBase):
-            raise errors.Error("Expected a memo object")
-        ekey = _ekey(key)
-        px = self._px
-        with px.lock:
-            self._check_write()
-            member = _member_of_obj(obj, px)
-            entry = _entry_of(member, ekey or b"")
-            if entry in self._adds:
-                px.log_undo(self)
-                self._adds.discard(entry)
-                left = self._pend_members[member] - 1
-                if left:
-                    self._pend_members[member] = left
-                else:
-                    del self._pend_members[member]
-            elif entry not in self._removes and self._committed_has(entry):
-                px.log_undo(self)
-                self._removes.add(entry)
-            else:
-                return
-            self._count -= 1
-            self._changed()
-            px.mark_dirty(self)
-            if obj._px is px:
-                px.decref(obj)
 
     def __len__(self) -> int:
         with self._px.lock:

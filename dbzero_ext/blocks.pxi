@@ -339,7 +339,7 @@ def subtract_entries(list a, list b):
 
 # -- entries ------------------------------------------------------------------------------------
 
-def pair_entry(ekey, uint64_t oid, uuid):
+cpdef bytes pair_entry(ekey, uint64_t oid, uuid):
     """The forward entry of (key, object): ``ekey`` None for the null key, ``uuid`` None
     for an object of the index's own prefix (else its prefix uuid, 7 bytes)."""
     cdef Py_ssize_t ke = 0 if ekey is None else PyBytes_GET_SIZE(<bytes>ekey)

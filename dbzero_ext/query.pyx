@@ -121,6 +121,7 @@ cdef class OidSet:
 
 
 include "blocks.pxi"
+include "ixcore.pxi"
 
 
 def place_made(list out, list missing, list oids, dict made, try_get):
