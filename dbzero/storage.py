@@ -571,16 +571,17 @@ class Storage:
         is redone in chunks the same way, and only a chunk that is itself mixed is put one
         pair at a time.
         """
-        if may_append:
-            # APPENDDUP skips the search inside each key's duplicates; it is safe when every
-            # key's new values all sort after its current last one (checked per key: only
-            # for `tags`, which has few keys; `obj_tags` has one per object).  Then no pair
-            # can be present yet either, and no nested transaction is needed.
-            cur = txn.cursor(db=db)
-            if all(not cur.set_key(key) or (cur.last_dup() and cur.value() < first)
-                   for key, first in first_of_each_key(pairs)):
-                self._put_many(txn, db, pairs, dupdata=False, append=True)
-                return pairs
+        # APPENDDUP skips the search inside each key's duplicates; it is safe when every
+        # key's new values all sort after its current last one.  Then no pair can be
+        # present yet either, and no nested transaction is needed.  Checked per key for
+        # `tags` (few keys); for `obj_tags` (one key per object) only when the run starts
+        # past the table's last key (tagging recently created objects).
+        cur = txn.cursor(db=db)
+        if (not cur.last() or cur.key() < pairs[0][0]) or \
+                (may_append and all(not cur.set_key(key) or (cur.last_dup() and cur.value() < first)
+                                    for key, first in first_of_each_key(pairs))):
+            self._put_many(txn, db, pairs, dupdata=False, append=True)
+            return pairs
         child = env.begin(write=True, parent=txn)
         try:
             consumed, n_added = child.cursor(db=db).putmulti(pairs, dupdata=False)

@@ -704,3 +704,34 @@ def test_blind_adds_mixed_with_existing_pairs(db, n):
     assert sum(1 for db_id, _ in journal if db_id == 6) == n
     raw = storage.history_scan("obj_tags", objs[0]._oid.to_bytes(8, "big"), storage.state - 1)
     assert raw is not None and msgpack.unpackb(raw[1]) == [[b"sc"], []]
+
+
+def test_tagging_objects_past_the_last_tagged_one(db):
+    # A run of obj_tags pairs that starts past the table's last key is appended; one that
+    # starts below it goes through the checked path.  Both record the same history.
+    objs = [Employee(f"e{i}") for i in range(100)]
+    db0.commit()
+    for o in objs[:50]:
+        db0.tags(o).add("a")
+    db0.commit()
+    s1 = db0.snapshot()
+    for o in objs[50:]:
+        db0.tags(o).add(["b", "c"])
+    db0.commit()
+    storage = objs[0]._px.storage
+    appended = storage.state
+    s2 = db0.snapshot()
+    for o in objs[::10]:
+        db0.tags(o).add("b")
+    db0.commit()
+    assert len(s1.find("b")) == 0 and len(s2.find("b")) == 50 and len(db0.find("b")) == 55
+    assert len(s2.find("a")) == 50 and len(s2.find("c")) == 50
+    s1.close()
+    s2.close()
+    assert sorted(db0.tags(objs[60])) == ["b", "c"] and sorted(db0.tags(objs[0])) == ["a", "b"]
+    journal = [(db_id, bytes(key)) for db_id, key in storage.journal(appended)]
+    assert sum(1 for db_id, _ in journal if db_id == 6) == 50
+    raw = storage.history_scan("obj_tags", objs[60]._oid.to_bytes(8, "big"), appended - 1)
+    assert raw is not None and msgpack.unpackb(raw[1]) == [[b"sb", b"sc"], []]
+    raw = storage.history_scan("obj_tags", objs[0]._oid.to_bytes(8, "big"), appended)
+    assert raw is not None and msgpack.unpackb(raw[1]) == [[b"sb"], []]
