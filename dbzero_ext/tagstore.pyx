@@ -28,9 +28,8 @@ from libc.stdint cimport uint64_t, uint32_t
 
 cimport cython
 import gc as _gc
-from cpython.object cimport PyObject_GenericGetAttr
 
-from dbzero_ext.memo import MemoBase
+from dbzero_ext.memo cimport MemoBase
 
 cdef extern from "Python.h":
     void PyObject_GC_UnTrack(object o)
@@ -869,7 +868,6 @@ cdef object _apply = None
 cdef object _contains = None
 cdef object _iterate = None
 cdef object _query_type = None
-cdef type _MemoBase = MemoBase
 
 
 def configure(errors, str_key, note_long, apply, contains, iterate, query_type):
@@ -886,15 +884,11 @@ def configure(errors, str_key, note_long, apply, contains, iterate, query_type):
     _query_type = query_type
 
 
-# Memo object fields, read past MemoBase.__getattribute__ (which only adds checks that
-# _check_target makes itself).
-cdef str _A_FLAGS = "_flags"
-cdef str _A_PX = "_px"
-cdef str _A_OID = "_oid"
+# Memo object fields are read as C fields, past MemoBase.__getattribute__ (which only
+# adds checks that _check_target makes itself).
 
-
-cdef inline int _check_target(object obj, object px, bint present) except -1:
-    cdef int flags = PyObject_GenericGetAttr(obj, _A_FLAGS)
+cdef inline int _check_target(MemoBase obj, object px, bint present) except -1:
+    cdef int flags = obj._flags
     if flags & F_DEAD:
         raise _errors.ReferenceError("Memo instance expired")
     if flags & F_CLOSED or px.closed:
@@ -921,7 +915,7 @@ cdef class ObjectTagManager:
         """Add tags (str, enum values, memo objects, ``as_tag(...)``; iterables expand)."""
         cdef tuple objs = self._objs
         cdef object texts = tags
-        if PyTuple_GET_SIZE(objs) == 1 and isinstance(<object>PyTuple_GET_ITEM(objs, 0), _MemoBase):
+        if PyTuple_GET_SIZE(objs) == 1 and isinstance(<object>PyTuple_GET_ITEM(objs, 0), MemoBase):
             if PyTuple_GET_SIZE(tags) == 1:
                 texts = <object>PyTuple_GET_ITEM(tags, 0)
                 if not (PyList_CheckExact(texts) or PyTuple_CheckExact(texts)):
@@ -947,26 +941,26 @@ cdef class ObjectTagManager:
 def tags(*objs):
     """The tag manager of memo objects (or of every object of a query)."""
     for obj in objs:
-        if not isinstance(obj, _MemoBase) and not isinstance(obj, _query_type):
+        if not isinstance(obj, MemoBase) and not isinstance(obj, _query_type):
             raise _errors.Error("All arguments must be dbzero memo objects or object queries")
     cdef ObjectTagManager mgr = ObjectTagManager.__new__(ObjectTagManager)
     mgr._objs = objs
     return mgr
 
 
-cdef bint _add_strs(object obj, object texts) except -1:
+cdef bint _add_strs(MemoBase obj, object texts) except -1:
     """Add the str tags in list/tuple ``texts`` to ``obj``; False (nothing done) if some
     element is not a str."""
     cdef Py_ssize_t i, n = len(texts)
     for i in range(n):
         if not PyUnicode_CheckExact(texts[i]):
             return False
-    px = PyObject_GenericGetAttr(obj, _A_PX)
+    px = obj._px
     _check_target(obj, px, True)
     if n == 0:
         return True
     cdef TagStore store = <TagStore>px.tags
-    cdef uint64_t oid = PyObject_GenericGetAttr(obj, _A_OID)
+    cdef uint64_t oid = obj._oid
     if store._lock is None:
         store._lock = px.lock
         store._acquire = store._lock.acquire
