@@ -169,10 +169,10 @@ class Materializer:
         px = self.px
         objects = px.objects
         if type(objects) is not dict:
-            return live_objects(self.objects(oids), MemoBase, F_DEAD)
-        out, missing = live_hits(objects, oids, MemoBase, F_DEAD)
+            return live_objects(self.objects(oids))
+        out, missing = live_hits(objects, oids)
         if missing:
-            place_live(out, missing, self.objects([oids[i] for i in missing]), MemoBase, F_DEAD)
+            place_live(out, missing, self.objects([oids[i] for i in missing]))
         return compact(out)
 
     def _ghosts(self, ids: IdSet) -> Dict[int, Any]:
@@ -237,7 +237,7 @@ def iter_objects(px: Any, members: Sequence[Member], mat: Optional[Materializer]
             local = [m for m in chunk if type(m) is int]
             found = iter(mat.objects(local))
             objs = [next(found) if type(m) is int else mat.foreign(m) for m in chunk]
-        yield from live_objects(objs, MemoBase, F_DEAD)
+        yield from live_objects(objs)
 
 
 def object_at(px: Any, member: Member) -> Any:

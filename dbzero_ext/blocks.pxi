@@ -791,18 +791,20 @@ def identity_hits(dict objects, list oids):
     return out, missing
 
 
-def live_objects(list objs, memo_type, long dead_flag):
+cdef inline bint _dead(object obj) except -1:
+    """A memo object flagged dead or an expired collection (memo flags are read as the C
+    field: MemoBase.__getattribute__ would cost more than the rest of the walk)."""
+    if isinstance(obj, MemoBase):
+        return (<MemoBase>obj)._flags & F_DEAD != 0
+    return bool(getattr(obj, "_db0_dead", False))
+
+
+def live_objects(list objs):
     """``objs`` without None, memo objects flagged dead and expired collections."""
     cdef list out = []
     for obj in objs:
-        if obj is None:
-            continue
-        if isinstance(obj, memo_type):
-            if obj._flags & dead_flag:
-                continue
-        elif getattr(obj, "_db0_dead", False):
-            continue
-        out.append(obj)
+        if obj is not None and not _dead(obj):
+            out.append(obj)
     return out
 
 
@@ -814,7 +816,7 @@ cdef extern from *:
     void __builtin_prefetch(const void* p) nogil
 
 
-def live_hits(dict objects, list oids, memo_type, long dead_flag):
+def live_hits(dict objects, list oids):
     """One pass of :func:`identity_hits` and :func:`live_objects`: ``(objects, missing)``
     where ``objects[i]`` is the live object of ``oids[i]``, None if it is dead or not in
     the identity map, and ``missing`` lists the positions not in the map.
@@ -862,10 +864,7 @@ def live_hits(dict objects, list oids, memo_type, long dead_flag):
         obj = out[i]
         if obj is None:
             missing.append(i)
-        elif isinstance(obj, memo_type):
-            if obj._flags & dead_flag:
-                out[i] = None
-        elif getattr(obj, "_db0_dead", False):
+        elif _dead(obj):
             out[i] = None
     return out, missing
 

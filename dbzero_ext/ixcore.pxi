@@ -3,7 +3,6 @@
 # docstring and the rest of the index are there); a bulk ``ix.add`` loop spends most of
 # its time here, so the fields an add touches are read without attribute lookups.
 
-from dbzero_ext.memo cimport MemoBase, F_DEAD
 from dbzero_ext.keys import encode_key as _encode_key
 
 cdef object _ix_errors = None

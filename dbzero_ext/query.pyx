@@ -24,6 +24,8 @@ from libc.stdint cimport uint8_t, uint64_t
 from libc.stdlib cimport free, realloc
 from libc.string cimport memcmp, memset
 
+from dbzero_ext.memo cimport MemoBase, F_DEAD
+
 
 cdef inline unsigned long long _be64(const unsigned char* p) noexcept:
     cdef unsigned long long v = 0
@@ -133,16 +135,10 @@ def place_made(list out, list missing, list oids, dict made, try_get):
         out[i] = <object>found if found is not NULL else try_get(oid)
 
 
-def place_live(list out, list missing, list objs, memo_type, long dead_flag):
+def place_live(list out, list missing, list objs):
     """``out[missing[k]]`` = ``objs[k]`` where that object is alive (see live_objects)."""
     cdef Py_ssize_t k
     for k in range(len(missing)):
         obj = objs[k]
-        if obj is None:
-            continue
-        if isinstance(obj, memo_type):
-            if obj._flags & dead_flag:
-                continue
-        elif getattr(obj, "_db0_dead", False):
-            continue
-        out[missing[k]] = obj
+        if obj is not None and not _dead(obj):
+            out[missing[k]] = obj
