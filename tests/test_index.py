@@ -692,3 +692,32 @@ def test_model_numeric_keys_small_blocks(ops):
 def test_model_str_keys_small_blocks(ops):
     with _SmallBlocks(80):
         _run_index_model(ops)
+
+
+def test_add_and_remove_checks(db):
+    ix = Catalog().by_time
+    a, b = Event(1, None), Event(2, None)
+    for key in (1, 1.0, True, Decimal(1)):          # one numeric key whatever its type
+        ix.add(key, a)
+    assert len(ix) == 1 and db0.getrefcount(a) == 1
+    ix.add("x", b)
+    ix.add(b"x", b)
+    ix.add(None, b)
+    assert len(ix) == 4 and db0.getrefcount(b) == 3
+    assert ids(ix.select(1, 1)) == [1] and ids(ix.select("x", "x")) == [2]
+    with pytest.raises(RuntimeError, match="Expected a memo object"):
+        ix.remove(1, "not memo")
+    with pytest.raises(TypeError):
+        ix.remove(object(), a)
+    ix.remove(1.0, a)
+    ix.remove(1, a)                                 # already gone: ignored
+    assert len(ix) == 3 and db0.getrefcount(a) == 0
+    db0.commit()
+    ix.remove(None, b)
+    ix.add(None, b)                                 # revives the committed pair
+    assert len(ix) == 3 and db0.getrefcount(b) == 3
+    db0.delete(a)
+    with pytest.raises(db0.ReferenceError):
+        ix.add(5, a)
+    db0.commit()
+    assert len(ix) == 3 and ids(ix.sort(ix.select())) == [2]       # once, at its first key
