@@ -32,6 +32,11 @@ import gc as _gc
 from dbzero_ext.memo cimport MemoBase
 
 cdef extern from "Python.h":
+    Py_ssize_t _refcnt "Py_REFCNT"(PyObject* o)
+    void Py_INCREF(object o)
+    void Py_XDECREF(PyObject* o)
+    PyObject* _tuple_item "PyTuple_GET_ITEM"(tuple t, Py_ssize_t i)
+    void _tuple_set "PyTuple_SET_ITEM"(tuple t, Py_ssize_t i, PyObject* o)
     void PyObject_GC_UnTrack(object o)
     int PyBytes_CheckExact(object o)
     int PyUnicode_CheckExact(object o)
@@ -555,6 +560,7 @@ cdef class MemberRun:
 cdef class _RunIter:
     cdef MemberRun run
     cdef Py_ssize_t i
+    cdef tuple last         # the pair handed out last
 
     def __iter__(self):
         return self
@@ -563,7 +569,29 @@ cdef class _RunIter:
         if self.i >= self.run.n:
             raise StopIteration
         self.i += 1
-        return self.run._pair_at(self.i - 1)
+        if self.last is None or _refcnt(<PyObject*>self.last) != 1:
+            self.last = self.run._pair_at(self.i - 1)
+            return self.last
+        # Nobody but this iterator holds the last pair any more (a bulk put reads each
+        # pair and lets it go): refill it, as zip() does, instead of allocating another.
+        key = <bytes>PyList_GET_ITEM(self.run.keys, self.run.tags[self.i - 1])
+        packed = _pack_oid(self.run.oids[self.i - 1])
+        if self.run.key_is_tag:
+            _refill(self.last, key, packed)
+        else:
+            _refill(self.last, packed, key)
+        return self.last
+
+
+cdef inline void _refill(tuple t, object a, object b):
+    cdef PyObject* old_a = _tuple_item(t, 0)
+    cdef PyObject* old_b = _tuple_item(t, 1)
+    Py_INCREF(a)
+    Py_INCREF(b)
+    _tuple_set(t, 0, <PyObject*>a)
+    _tuple_set(t, 1, <PyObject*>b)
+    Py_XDECREF(old_a)
+    Py_XDECREF(old_b)
 
 
 # -- storage helpers ---------------------------------------------------------------------

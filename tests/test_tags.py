@@ -735,3 +735,29 @@ def test_tagging_objects_past_the_last_tagged_one(db):
     assert raw is not None and msgpack.unpackb(raw[1]) == [[b"sb", b"sc"], []]
     raw = storage.history_scan("obj_tags", objs[0]._oid.to_bytes(8, "big"), appended)
     assert raw is not None and msgpack.unpackb(raw[1]) == [[b"sb"], []]
+
+
+def test_member_run_pairs():
+    # The runs a flush hands to a bulk put make their (key, value) pairs one at a time and
+    # refill a pair the consumer has let go; a pair still held is never changed.
+    from dbzero_ext.tagstore import TagStore
+    store = TagStore(None)
+    for oid in range(1, 6):
+        store.set(oid, b"sb", True)
+        store.set(oid, b"sa", True)
+    runs = {}
+
+    class Batch:
+        def dup_set(self, name, adds, removes):
+            runs[name] = adds
+
+    store.flush(Batch())
+    ids = [oid.to_bytes(8, "big") for oid in range(1, 6)]
+    by_tag = [(tag, oid) for tag in (b"sa", b"sb") for oid in ids]
+    by_oid = [(oid, tag) for oid in ids for tag in (b"sa", b"sb")]
+    assert list(runs["tags"]) == by_tag and list(runs["obj_tags"]) == by_oid
+    it = iter(runs["tags"])
+    assert [list(next(it)) for _ in by_tag] == [list(pair) for pair in by_tag]
+    held = list(runs["obj_tags"])
+    assert [list(pair) for pair in runs["obj_tags"]] == [list(pair) for pair in by_oid]
+    assert held == by_oid
