@@ -331,7 +331,7 @@ class Prefix(PrefixCore):
             self.tags.set(oid, tag, False)
         self.dirty.pop(oid, None)
         self.zero_rc.discard(oid)
-        self.objects.pop(oid, None)
+        self.forget(oid)
         info = self._classes_by_name.get(type(obj).__db0_type_id__)
         if info is not None and info.singleton_oid == oid:
             info.singleton_oid = 0
@@ -507,15 +507,12 @@ class Prefix(PrefixCore):
                 self.commit()
         finally:
             self.closed = True
-            for ref in list(self.objects.values()):
-                obj = ref()
-                if obj is None:
-                    continue
+            for _oid, obj in self.cached_items():
                 if isinstance(obj, MemoBase):
                     obj._flags |= F_CLOSED
                 else:
                     obj._db0_closed = True
-            self.objects.clear()
+            self.forget_all()
             self.dirty.clear()
             self.storage.close()
 

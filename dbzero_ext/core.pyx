@@ -16,8 +16,12 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
 from cpython.weakref cimport PyWeakref_NewRef, PyWeakref_GetObject
 
-from dbzero_ext.memo cimport (MemoBase, F_CLOSED, F_DEAD, F_DIRTY, F_GHOST, F_INIT, F_NEW,
-                              F_RCDIRTY, F_READONLY, F_RUNNING_INIT)
+from libc.stdint cimport uint64_t
+from libc.stdlib cimport malloc, free
+
+from dbzero_ext.memo cimport (MemoBase, ProxyMap, gc_track_by_content, F_CLOSED, F_DEAD,
+                              F_DIRTY, F_GHOST, F_INIT, F_NEW, F_RCDIRTY, F_READONLY,
+                              F_RUNNING_INIT)
 from dbzero_ext.codec import ABSENT as _ABSENT
 from dbzero_ext.codec import decode_uuid as _decode_uuid
 
@@ -27,6 +31,10 @@ cdef extern from "Python.h":
     PyObject** _PyObject_GetDictPtr(object o)
     long long PyLong_AsLongLongAndOverflow(object o, int* overflow) except? -1
     object PyObject_GenericGetAttr(object o, object name)
+    void PyObject_GC_UnTrack(void* o)
+
+cdef extern from *:
+    void __builtin_prefetch(const void* p) nogil
 
 
 cdef inline dict _dict_of(object obj):
@@ -167,10 +175,14 @@ cdef _ClassPlan _plan_of(type cls):
     return plan
 
 
-cdef class PrefixCore:
-    """State and per-object operations of an open prefix (see dbzero.prefix.Prefix)."""
+cdef class PrefixCore(ProxyMap):
+    """State and per-object operations of an open prefix (see dbzero.prefix.Prefix).
 
-    cdef public dict objects            # oid -> weakref of the proxy (identity map)
+    Memo proxies are in the inherited ProxyMap (borrowed pointers, removed by the proxy's
+    own deallocation); collection and index proxies, which are Python classes, in
+    ``objects`` as weak references."""
+
+    cdef public dict objects            # oid -> weakref of a collection/index proxy
     cdef public dict dirty              # oid -> object changed since the last commit (pinned)
     cdef public dict pending_deletes    # oid -> object deleted since the last commit
     cdef public dict _ref_oid           # id(tracking weakref) -> oid
@@ -191,14 +203,17 @@ cdef class PrefixCore:
     # -- identity map ----------------------------------------------------------------
 
     cdef inline _register(self, unsigned long long oid, obj):
+        if isinstance(obj, MemoBase):
+            self.proxy_put(oid, obj)
+            return
         cdef dict objects = self.objects
         objects[oid] = PyWeakref_NewRef(obj, None)
         if len(objects) > self._sweep_at:
             self._sweep()
 
     def register(self, obj):
-        """Put ``obj`` in the identity map (weakly, no callback; dead entries are swept
-        when the map has doubled).  Reference-count-0 objects are ``track``-ed instead."""
+        """Put ``obj`` in the identity map.  (Count-0 collections are ``track``-ed instead,
+        with a weak reference that reports their death; memo proxies always report it.)"""
         self._register(obj._oid, obj)
 
     def track(self, obj):
@@ -206,6 +221,9 @@ cdef class PrefixCore:
         self._track(obj)
 
     cdef _track(self, obj):
+        if isinstance(obj, MemoBase):
+            self.proxy_put((<MemoBase>obj)._oid, obj)
+            return
         if self._dead_callback is None:
             self._dead_callback = self._on_proxy_dead
         oid = obj._oid
@@ -214,6 +232,12 @@ cdef class PrefixCore:
         self._ref_oid[<size_t><PyObject*>ref] = oid
         if len(self.objects) > self._sweep_at:
             self._sweep()
+
+    cdef bint _is_tracked(self, obj):
+        if isinstance(obj, MemoBase):
+            return self.proxy_get((<MemoBase>obj)._oid) == <PyObject*>obj
+        ref = self.objects.get(obj._oid)
+        return ref is not None and (<size_t><PyObject*>ref) in self._ref_oid
 
     def note_unreferenced(self, obj):
         """``obj`` may have lost its last reference (e.g. its last tag): watch it, and let
@@ -228,13 +252,12 @@ cdef class PrefixCore:
             return
         self.zero_rc.add(oid)
         self.gc_candidates.add(oid)
-        ref = self.objects.get(oid)
-        if ref is None or (<size_t><PyObject*>ref) not in self._ref_oid:
+        if not self._is_tracked(obj):
             self._track(obj)
 
-    def is_tracked(self, oid):
-        ref = self.objects.get(oid)
-        return ref is not None and (<size_t><PyObject*>ref) in self._ref_oid
+    def is_tracked(self, obj):
+        """True if the death of proxy ``obj`` will be noticed."""
+        return self._is_tracked(obj)
 
     def _sweep(self):
         cdef dict objects = self.objects
@@ -252,17 +275,105 @@ cdef class PrefixCore:
         if oid in self.zero_rc:
             self.gc_candidates.add(oid)
 
-    cdef inline object _cached(self, oid):
+    cdef void _proxy_gone(self, uint64_t oid) noexcept:
+        # A memo proxy died (MemoBase.__dealloc__): a count-0 object may now be garbage.
+        zero_rc = self.zero_rc
+        if zero_rc is not None and oid in zero_rc:
+            self.gc_candidates.add(oid)
+
+    cdef inline object _cached(self, uint64_t oid):
+        cdef PyObject* p = self.proxy_get(oid)
+        if p is not NULL:
+            return <object>p
+        if not self.objects:
+            return None
         cdef PyObject* ref = PyDict_GetItem(self.objects, oid)
         if ref is NULL:
             return None
-        cdef PyObject* obj = PyWeakref_GetObject(<object>ref)
-        if obj == <PyObject*>None:
+        p = PyWeakref_GetObject(<object>ref)
+        if p == <PyObject*>None:
             return None
-        return <object>obj
+        return <object>p
 
-    def cached(self, oid):
+    def cached(self, unsigned long long oid):
+        """The live proxy of ``oid`` if there is one, else None."""
         return self._cached(oid)
+
+    def forget(self, unsigned long long oid):
+        """Drop ``oid`` from the identity map (its proxy, if any, stays as it is)."""
+        self.proxy_remove(oid, NULL)
+        self.objects.pop(oid, None)
+
+    def cached_items(self):
+        """``[(oid, proxy)]`` of every live proxy in the identity map."""
+        cdef list out = self.proxy_items()
+        for oid, ref in list(self.objects.items()):
+            obj = ref()
+            if obj is not None:
+                out.append((oid, obj))
+        return out
+
+    def forget_all(self):
+        """Empty the identity map (close)."""
+        self.proxy_clear()
+        self.objects.clear()
+        self._ref_oid.clear()
+
+    def identity_hits(self, list oids):
+        """Proxies of ``oids`` found in the identity map: ``(objects with None for the
+        misses, positions of the misses)``."""
+        cdef Py_ssize_t i, n = len(oids)
+        cdef list out = [None] * n
+        cdef list missing = []
+        for i in range(n):
+            obj = self._cached(<uint64_t>oids[i])
+            if obj is None:
+                missing.append(i)
+            else:
+                out[i] = obj
+        return out, missing
+
+    def live_hits(self, list oids, long dead_flag):
+        """One pass of :meth:`identity_hits` dropping dead proxies: ``(objects, missing)``
+        where ``objects[i]`` is the live proxy of ``oids[i]``, None if it is dead or not in
+        the identity map, and ``missing`` lists the positions not in the map.
+
+        Objects met in key order are scattered in memory: the map is probed for all of
+        them first, prefetching each proxy, so the cache misses overlap.  No Python object
+        is allocated between reading a borrowed pointer and owning it."""
+        cdef Py_ssize_t i, n = len(oids)
+        cdef list out = [None] * n
+        cdef list missing = []
+        cdef PyObject** ptrs = <PyObject**>malloc(sizeof(PyObject*) * (n + 1))
+        cdef PyObject* p
+        if ptrs == NULL:
+            raise MemoryError()
+        try:
+            for i in range(n):
+                p = self.proxy_get(<uint64_t>oids[i])
+                ptrs[i] = p
+                if p is not NULL:
+                    __builtin_prefetch(p)
+            for i in range(n):
+                p = ptrs[i]
+                if p is not NULL:
+                    if not (<MemoBase>p)._flags & dead_flag:
+                        out[i] = <object>p
+                else:
+                    missing.append(i)
+        finally:
+            free(ptrs)
+        if missing and self.objects:
+            # Collections and indexes (weakly referenced), once every memo proxy is owned.
+            misses = missing
+            missing = []
+            for i in misses:
+                obj = self._cached(<uint64_t>oids[i])
+                if obj is None:
+                    missing.append(i)
+                elif not getattr(obj, "_db0_dead", False):
+                    out[i] = obj
+        return out, missing
 
     # -- reading objects -------------------------------------------------------------
 
@@ -277,11 +388,12 @@ cdef class PrefixCore:
             self._register(oid, made)
             return made
         obj = MemoBase.__new__(self._info_by_id(class_id).cls)
+        PyObject_GC_UnTrack(<void*>obj)       # no fields yet (see memo.pyx, gc tracking)
         obj._px = self
         obj._oid = oid
         obj._flags = flags
         if register:
-            self._register(oid, obj)
+            self.proxy_put(oid, obj)
         return obj
 
     def get_object(self, unsigned long long oid, int class_id):
@@ -326,18 +438,16 @@ cdef class PrefixCore:
         cdef list out = []
         cdef MemoBase obj
         cdef int flags = self._ghost_flags()
-        cdef dict objects = self.objects
         cdef unsigned long long oid
         for key in oids:
             oid = key
             obj = MemoBase.__new__(cls)
+            PyObject_GC_UnTrack(<void*>obj)
             obj._px = self
             obj._oid = oid
             obj._flags = flags
-            objects[key] = PyWeakref_NewRef(obj, None)
+            self.proxy_put(oid, obj)
             out.append(obj)
-        if len(objects) > self._sweep_at:
-            self._sweep()
         return out
 
     cdef _Reader _record_reader(self, unsigned long long oid):
@@ -378,8 +488,6 @@ cdef class PrefixCore:
         cdef int cid = _read_value(r)
         if cid < FIRST_USER_CLASS_ID:
             return self._new_proxy(oid, cid, 0)
-        # Registered by _fill_from once the reference count tells how (one weak
-        # reference, with or without a death callback).
         m = <MemoBase>self._new_proxy(oid, cid, self._ghost_flags(), False)
         self._fill_from(m, r, n, cid, True)
         return m
@@ -414,9 +522,8 @@ cdef class PrefixCore:
                            and info.singleton_oid != obj._oid)
         if watch:
             self.zero_rc.add(obj._oid)
-            self._track(obj)
-        elif register:
-            self._register(obj._oid, obj)
+        if register:
+            self.proxy_put(obj._oid, obj)
         try:
             for i in range(2, n):
                 value = _read_value(r)
@@ -425,6 +532,7 @@ cdef class PrefixCore:
         except BaseException:
             d.clear()
             raise
+        gc_track_by_content(obj, d)
         obj._rc = rc
         obj._wstate = r.wstate
         obj._flags &= ~F_GHOST
@@ -533,19 +641,17 @@ cdef class PrefixCore:
         cdef ClassInfo info = self._info_of_class(cls)
         cdef unsigned long long oid = self._new_oid()
         cdef MemoBase obj = MemoBase.__new__(cls)
+        PyObject_GC_UnTrack(<void*>obj)       # no fields yet (see memo.pyx, gc tracking)
         obj._px = self
         obj._oid = oid
         obj._flags = F_NEW | F_INIT | F_DIRTY
         key = oid
+        self.proxy_put(oid, obj)
+        self.dirty[key] = obj
         if not plan.singleton:
-            # Count 0 from birth: tracked at once (its death after the commit schedules it
-            # for collection), which spares a second weak reference at commit.
-            self._track(obj)
-            self.dirty[key] = obj
+            # Count 0 from birth: its death after the commit schedules it for collection.
             self.zero_rc.add(key)
         else:
-            self._register(oid, obj)
-            self.dirty[key] = obj
             info.singleton_oid = key
             info.dirty = True
         self.changed = True
@@ -607,8 +713,6 @@ cdef class PrefixCore:
         cdef MemoBase m
         cdef bint rc_in_place = self.in_place_refcounts
         cdef set zero_rc = self.zero_rc
-        cdef dict ref_oid = self._ref_oid
-        cdef PyObject* ref
         cdef int flags
         for oid, obj in self.dirty.items():
             if isinstance(obj, MemoBase):
@@ -621,10 +725,8 @@ cdef class PrefixCore:
                     continue    # created with a count of 0 and tracked since (_create)
             else:
                 obj._db0_committed()
-            if oid in zero_rc:
-                ref = PyDict_GetItem(self.objects, oid)
-                if ref is NULL or (<size_t>ref) not in ref_oid:
-                    self._track(obj)
+            if oid in zero_rc and not self._is_tracked(obj):
+                self._track(obj)
         self.dirty = {}
         self.pending_deletes = {}
         self.changed = False
