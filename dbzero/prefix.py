@@ -398,12 +398,11 @@ class Prefix(PrefixCore):
 
     def collect_garbage(self, everything: bool = False) -> None:
         """Delete unreachable objects (count 0, not held by Python unless ``everything``)."""
-        zero_rc = self.zero_rc
-        candidates = set(zero_rc) if everything else \
-            self.gc_candidates | {oid for oid in self.dirty if oid in zero_rc}
-        self.gc_candidates = set()
-        if not everything:
-            candidates = set(self.unheld(candidates))
+        if everything:
+            candidates = set(self.zero_rc)
+            self.gc_candidates = set()
+        else:
+            candidates = self.take_unheld_candidates()
         while candidates:
             oid = candidates.pop()
             if oid not in self.zero_rc:

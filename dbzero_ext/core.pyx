@@ -37,6 +37,18 @@ cdef extern from *:
     void __builtin_prefetch(const void* p) nogil
 
 
+from cpython.object cimport PyTypeObject, newfunc
+
+# MemoBase's own allocator: memo classes replace their tp_new (install_slots below), after
+# which `MemoBase.__new__(cls)` would refuse them as unsafe.
+cdef newfunc _memobase_new = (<PyTypeObject*>MemoBase).tp_new
+
+
+cdef inline MemoBase _alloc_proxy(type cls):
+    """A new, empty instance of memo class ``cls`` (no __init__ run)."""
+    return <MemoBase>_memobase_new(cls, <PyObject*>(), NULL)
+
+
 cdef inline dict _dict_of(object obj):
     """The instance dict of a memo object, bypassing MemoBase.__getattribute__ (which would
     load a ghost)."""
@@ -155,6 +167,7 @@ cdef class _ClassPlan:
     cdef object prefix_name
     cdef bint singleton
     cdef bint no_default_tags
+    cdef object init            # the user's initialiser (None until first needed)
 
 
 cdef dict _plans = {}     # memo class -> _ClassPlan (classes stay registered for the process)
@@ -387,7 +400,7 @@ cdef class PrefixCore(ProxyMap):
             made = _collection_kinds[class_id]._db0_ghost(self, oid)
             self._register(oid, made)
             return made
-        obj = MemoBase.__new__(self._info_by_id(class_id).cls)
+        obj = _alloc_proxy(self._info_by_id(class_id).cls)
         PyObject_GC_UnTrack(<void*>obj)       # no fields yet (see memo.pyx, gc tracking)
         obj._px = self
         obj._oid = oid
@@ -441,7 +454,7 @@ cdef class PrefixCore(ProxyMap):
         cdef unsigned long long oid
         for key in oids:
             oid = key
-            obj = MemoBase.__new__(cls)
+            obj = _alloc_proxy(cls)
             PyObject_GC_UnTrack(<void*>obj)
             obj._px = self
             obj._oid = oid
@@ -640,7 +653,7 @@ cdef class PrefixCore(ProxyMap):
             self.check_writable()
         cdef ClassInfo info = self._info_of_class(cls)
         cdef unsigned long long oid = self._new_oid()
-        cdef MemoBase obj = MemoBase.__new__(cls)
+        cdef MemoBase obj = _alloc_proxy(cls)
         PyObject_GC_UnTrack(<void*>obj)       # no fields yet (see memo.pyx, gc tracking)
         obj._px = self
         obj._oid = oid
@@ -731,6 +744,23 @@ cdef class PrefixCore(ProxyMap):
         self.pending_deletes = {}
         self.changed = False
 
+    def take_unheld_candidates(self):
+        """The collector's candidates for this commit, taken from ``gc_candidates`` and the
+        dirty objects of count 0: the ids Python code no longer holds (a set)."""
+        cdef set out = set()
+        cdef set zero_rc = self.zero_rc
+        cdef dict dirty = self.dirty
+        candidates = self.gc_candidates
+        self.gc_candidates = set()
+        if zero_rc:
+            for oid, obj in dirty.items():
+                # References held here: the dirty pin and `obj`.
+                if Py_REFCNT(obj) <= 2 and oid in zero_rc:
+                    out.add(oid)
+        obj = None
+        out.update(self.unheld([oid for oid in candidates if oid not in dirty]))
+        return out
+
     def unheld(self, candidates):
         """The ids among ``candidates`` (zero_rc) that Python code no longer holds."""
         cdef list out = []
@@ -754,14 +784,29 @@ cdef class PrefixCore(ProxyMap):
 
 # -- memo construction --------------------------------------------------------------------
 
-def memo_new(cls, *args, **kwargs):
-    """``__new__`` of every memo class: create the object in its prefix (or return the
-    existing singleton).  The generated ``__init__`` then runs the user's initialiser."""
+# The workspace lock's bound methods (the hottest path takes it once per call).
+cdef object _lock = None
+cdef object _lock_acquire = None
+cdef object _lock_release = None
+
+
+cdef _cache_lock(lock):
+    global _lock, _lock_acquire, _lock_release
+    _lock_acquire = lock.acquire
+    _lock_release = lock.release
+    _lock = lock
+
+
+cdef object _memo_new(type cls):
     cdef _ClassPlan plan = _plan_of(cls)
     ws = _ws_module._workspace
     if ws is None:
         raise _errors.NotInitializedError("dbzero not initialized")
-    with ws.lock:
+    lock = ws.lock
+    if lock is not _lock:
+        _cache_lock(lock)
+    _lock_acquire()
+    try:
         if plan.prefix_name is None:
             name = ws.current_name
             if name is None:
@@ -774,6 +819,14 @@ def memo_new(cls, *args, **kwargs):
             if existing is not None:
                 return existing
         return (<PrefixCore>px)._create(cls, plan)
+    finally:
+        _lock_release()
+
+
+def memo_new(cls, *args, **kwargs):
+    """``__new__`` of every memo class: create the object in its prefix (or return the
+    existing singleton).  The generated ``__init__`` then runs the user's initialiser."""
+    return _memo_new(cls)
 
 
 cdef object _next_init(type gen):
@@ -785,38 +838,88 @@ cdef object _next_init(type gen):
     return object.__init__
 
 
+cdef int _run_user_init(MemoBase self, type gen, object args, object kwargs) except -1:
+    """Run the user's initialiser of memo class ``gen`` on the new ``self``; if it raises,
+    the object is discarded."""
+    cdef _ClassPlan plan = _plan_of(gen)
+    cdef int flags = self._flags
+    if not (flags & F_INIT):
+        return 0                  # an existing singleton: the arguments are ignored
+    self._flags = flags | F_RUNNING_INIT
+    try:
+        init = plan.init
+        if init is None:
+            init = plan.init = _next_init(gen)
+        if init is object.__init__:
+            if args or kwargs:
+                raise TypeError(f"{gen.__name__}() takes no arguments")
+        elif kwargs:
+            init(self, *args, **kwargs)
+        else:
+            init(self, *args)
+    except BaseException:
+        if not self._flags & F_DEAD:
+            self._px.discard_new(self)
+        raise
+    finally:
+        self._flags &= ~(F_INIT | F_RUNNING_INIT)
+    return 0
+
+
+# Type slots of memo classes: ``Cls(...)`` calls these directly (no look-up of __new__ and
+# __init__, no re-packing of the arguments per call).
+
+cdef extern from "Python.h":
+    ctypedef struct _TypeSlots "PyTypeObject":
+        PyObject* (*tp_new)(PyObject*, PyObject*, PyObject*) except NULL
+        int (*tp_init)(PyObject*, PyObject*, PyObject*) except -1
+    void Py_INCREF(PyObject*)
+
+
+cdef PyObject* _memo_tp_new(PyObject* cls, PyObject* args, PyObject* kwargs) except NULL:
+    obj = _memo_new(<type>cls)
+    Py_INCREF(<PyObject*>obj)
+    return <PyObject*>obj
+
+
+cdef int _memo_tp_init(PyObject* self, PyObject* args, PyObject* kwargs) except -1:
+    # Only instances of exactly this class get here (a subclass that defines __init__
+    # gets CPython's generic slot, which calls the generated __init__ below).
+    return _run_user_init(<MemoBase>self, type(<object>self), <object>args,
+                          <object>kwargs if kwargs is not NULL else None)
+
+
+def install_slots(type cls):
+    """Make ``cls(...)`` create and initialise through the C slots above (after the class's
+    ``__new__`` and ``__init__`` attributes are set, which reset the slots)."""
+    (<_TypeSlots*><PyObject*>cls).tp_new = _memo_tp_new
+    (<_TypeSlots*><PyObject*>cls).tp_init = _memo_tp_init
+
+
 def make_init(type gen):
     """The ``__init__`` of memo class ``gen``: runs the user's initialiser once, on a new
     object; if it raises, the object is discarded.  Existing singletons ignore it."""
-    cdef list cache = [None]
-
     def __init__(MemoBase self, *args, **kwargs):
         cdef int flags = self._flags
-        if flags & F_RUNNING_INIT:
-            # A memo base class's __init__ reached through super(): continue the chain.
-            super(gen, self).__init__(*args, **kwargs)
-            return
-        if not (flags & F_INIT):
-            return
-        self._flags = flags | F_RUNNING_INIT
-        try:
-            if type(self) is gen:
-                init = cache[0]
-                if init is None:
-                    init = cache[0] = _next_init(gen)
-                if init is object.__init__:
-                    if args or kwargs:
-                        raise TypeError(f"{gen.__name__}() takes no arguments")
-                else:
-                    init(self, *args, **kwargs)
-            else:
+        if flags & F_RUNNING_INIT or type(self) is not gen:
+            # A memo base class's __init__ reached through super(), or a subclass's
+            # initialiser: continue the chain.
+            if not flags & F_INIT:
+                return
+            if flags & F_RUNNING_INIT:
                 super(gen, self).__init__(*args, **kwargs)
-        except BaseException:
-            if not self._flags & F_DEAD:
-                self._px.discard_new(self)
-            raise
-        finally:
-            self._flags &= ~(F_INIT | F_RUNNING_INIT)
+                return
+            self._flags = flags | F_RUNNING_INIT
+            try:
+                super(gen, self).__init__(*args, **kwargs)
+            except BaseException:
+                if not self._flags & F_DEAD:
+                    self._px.discard_new(self)
+                raise
+            finally:
+                self._flags &= ~(F_INIT | F_RUNNING_INIT)
+            return
+        _run_user_init(self, gen, args, kwargs)
 
     return __init__
 
@@ -838,19 +941,6 @@ def configure_fetch(view_get, fetch_other):
     global _view_get, _fetch_other
     _view_get = view_get
     _fetch_other = fetch_other
-
-
-# The workspace lock's bound methods (the hottest path takes it once per call).
-cdef object _lock = None
-cdef object _lock_acquire = None
-cdef object _lock_release = None
-
-
-cdef _cache_lock(lock):
-    global _lock, _lock_acquire, _lock_release
-    _lock_acquire = lock.acquire
-    _lock_release = lock.release
-    _lock = lock
 
 
 def fetch(identifier, expected_type=None, prefix=None):
