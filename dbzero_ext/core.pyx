@@ -943,6 +943,60 @@ def configure_fetch(view_get, fetch_other):
     _fetch_other = fetch_other
 
 
+cdef extern from "Python.h":
+    int PyUnicode_KIND(object o)
+    void* PyUnicode_DATA(object o)
+    Py_ssize_t PyUnicode_GET_LENGTH(object o)
+    int PyUnicode_1BYTE_KIND
+
+
+cdef signed char _B32_VALUE[256]
+for _i in range(256):
+    _B32_VALUE[_i] = -1
+for _i in range(32):
+    _B32_VALUE[ord("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"[_i])] = _i
+
+
+cdef bint _parse_uuid(str text, uint64_t* prefix_key, uint64_t* oid):
+    """Split a uuid (codec.encode_uuid: 24 base32 characters of the 7-byte prefix uuid and
+    the 8-byte object id) without allocating; False if it is malformed."""
+    if PyUnicode_GET_LENGTH(text) != 24 or PyUnicode_KIND(text) != PyUnicode_1BYTE_KIND:
+        return False
+    cdef const unsigned char* chars = <const unsigned char*>PyUnicode_DATA(text)
+    cdef uint64_t hi = 0, lo = 0
+    cdef int i
+    cdef signed char v
+    for i in range(24):
+        v = _B32_VALUE[chars[i]]
+        if v < 0:
+            return False
+        hi = (hi << 5) | (lo >> 59)
+        lo = (lo << 5) | <uint64_t>v
+    prefix_key[0] = hi
+    oid[0] = lo
+    return True
+
+
+# The prefix of the last uuid fetched (most fetches in a row read one prefix).
+cdef object _last_ws = None
+cdef object _last_px = None
+cdef uint64_t _last_prefix_key = 0
+
+
+cdef object _prefix_of_uuid(ws, uint64_t prefix_key):
+    global _last_ws, _last_px, _last_prefix_key
+    px = _last_px
+    if (px is not None and prefix_key == _last_prefix_key and ws is _last_ws
+            and not (<PrefixCore>px).closed):
+        return px
+    prefix_uuid = (<object>prefix_key).to_bytes(7, "big")
+    px = ws.by_uuid.get(prefix_uuid)
+    if px is None or px.closed:
+        px = ws.prefix_by_uuid(prefix_uuid)
+    _last_ws, _last_px, _last_prefix_key = ws, px, prefix_key
+    return px
+
+
 def fetch(identifier, expected_type=None, prefix=None):
     """The object with this uuid, or the instance of a singleton class.
 
@@ -958,20 +1012,16 @@ def fetch(identifier, expected_type=None, prefix=None):
     ws = _ws_module._workspace
     if ws is None:
         raise _errors.NotInitializedError("dbzero not initialized")
+    cdef uint64_t prefix_key, oid
     if type(identifier) is str:
-        try:
-            prefix_uuid, oid = _decode_uuid(identifier)
-        except ValueError:
-            raise _errors.InvalidUUIDError(f"Invalid UUID: {identifier!r}") from None
+        if not _parse_uuid(identifier, &prefix_key, &oid):
+            raise _errors.InvalidUUIDError(f"Invalid UUID: {identifier!r}")
         lock = ws.lock
         if lock is not _lock:
             _cache_lock(lock)
         _lock_acquire()
         try:
-            px = ws.by_uuid.get(prefix_uuid)
-            if px is None or px.closed:
-                px = ws.prefix_by_uuid(prefix_uuid)
-            obj = (<PrefixCore>px)._fetch(oid)
+            obj = (<PrefixCore>_prefix_of_uuid(ws, prefix_key))._fetch(oid)
         finally:
             _lock_release()
     else:
