@@ -94,8 +94,6 @@ def set_tracking(bint on):
     global _tracking
     _tracking = on
 
-# Scalars stored as-is: no conversion, no reference counting.
-cdef tuple _PLAIN = (str, float, bool, type(None), bytes)
 
 # Engine bookkeeping, readable in every state without loading the object.
 cdef frozenset _INTERNAL = frozenset({"_px", "_oid", "_flags", "_rc", "__class__"})
@@ -108,6 +106,18 @@ def configure(reference_error, closed_error, readonly_error, weakref_type):
     _ObjectClosedError = closed_error
     _ReadOnlyError = readonly_error
     _WeakRefType = weakref_type
+
+
+cdef inline bint _is_plain_type(object t):
+    return t is str or t is int or t is float or t is bool or t is type(None) or t is bytes
+
+
+cdef inline bint _is_plain(object value):
+    """A value stored as it is (no conversion, no reference counting)."""
+    cdef object t = type(value)
+    if t is int:
+        return _is_int64(value)
+    return t is str or t is float or t is bool or value is None or t is bytes
 
 
 cdef inline bint _is_data_descriptor(object obj, object name):
@@ -150,10 +160,10 @@ cdef class MemoBase:
             PyObject_GenericSetAttr(self, name, value)
             return
         if not (self._flags & F_SLOW_WRITE) and not _tracking:
-            if type(value) in _PLAIN or (type(value) is int and _is_int64(value)):
+            if _is_plain(value):
                 d = _instance_dict(self)
                 old = d.get(name, d)
-                if old is d or type(old) in _PLAIN or type(old) is int:
+                if old is d or _is_plain_type(type(old)):
                     d[name] = value
                     if not (self._flags & F_DIRTY):
                         self._flags |= F_DIRTY
@@ -207,8 +217,10 @@ DEF MIN_CAPACITY = 1024
 
 
 cdef inline size_t _home(uint64_t oid, int shift):
-    # Fibonacci hashing: object ids are dense and sequential, the multiply spreads them.
-    return <size_t>((oid * <uint64_t>11400714819323198485ULL) >> shift)
+    # Runs of 16 consecutive ids share four cache lines (objects are mostly made and read
+    # in id order); the runs are spread by Fibonacci hashing, so strided ids do not pile up.
+    return <size_t>((((oid >> 4) * <uint64_t>11400714819323198485ULL) >> shift) & ~<uint64_t>15) \
+        | <size_t>(oid & 15)
 
 
 cdef class ProxyMap:
