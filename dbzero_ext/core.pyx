@@ -290,9 +290,11 @@ cdef class PrefixCore(ProxyMap):
 
     cdef void _proxy_gone(self, uint64_t oid) noexcept:
         # A memo proxy died (MemoBase.__dealloc__): a count-0 object may now be garbage.
+        # (At interpreter exit the sets may already be cleared.)
         zero_rc = self.zero_rc
-        if zero_rc is not None and oid in zero_rc:
-            self.gc_candidates.add(oid)
+        candidates = self.gc_candidates
+        if zero_rc is not None and candidates is not None and oid in zero_rc:
+            candidates.add(oid)
 
     cdef inline object _cached(self, uint64_t oid):
         cdef PyObject* p = self.proxy_get(oid)
