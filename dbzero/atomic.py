@@ -15,9 +15,11 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional
 
 from dbzero_ext import memo as _memo
+from dbzero_ext.memo import track_by_content
 
 from . import errors, workspace
 from .prefix import F_DEAD, F_DIRTY, F_GHOST, MemoBase, Prefix, raw_dict
+
 
 
 class _PrefixUndo:
@@ -53,7 +55,7 @@ class _PrefixUndo:
                 obj._flags = (obj._flags | F_DEAD) & ~F_GHOST
             else:
                 obj._db0_dead = True
-            px.objects.pop(obj._oid, None)
+            px.forget(obj._oid)
         for entry in self.saved.values():
             obj = entry[0]
             if isinstance(obj, MemoBase):
@@ -63,6 +65,7 @@ class _PrefixUndo:
                 d.update(fields)
                 obj._rc = rc
                 obj._flags = flags
+                track_by_content(obj)
                 if not flags & F_DEAD:
                     px.register(obj)
             else:

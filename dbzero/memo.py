@@ -118,6 +118,7 @@ def _make_memo_class(user_cls: type, *, singleton: bool = False, prefix: Optiona
     new_cls.__db0_owner__ = new_cls
     new_cls.__init__ = _core.make_init(new_cls)
     workspace.register_memo_class(new_cls)
+    _core.install_slots(new_cls)
     return new_cls
 
 

@@ -331,7 +331,7 @@ class Prefix(PrefixCore):
             self.tags.set(oid, tag, False)
         self.dirty.pop(oid, None)
         self.zero_rc.discard(oid)
-        self.objects.pop(oid, None)
+        self.forget(oid)
         info = self._classes_by_name.get(type(obj).__db0_type_id__)
         if info is not None and info.singleton_oid == oid:
             info.singleton_oid = 0
@@ -398,12 +398,11 @@ class Prefix(PrefixCore):
 
     def collect_garbage(self, everything: bool = False) -> None:
         """Delete unreachable objects (count 0, not held by Python unless ``everything``)."""
-        zero_rc = self.zero_rc
-        candidates = set(zero_rc) if everything else \
-            self.gc_candidates | {oid for oid in self.dirty if oid in zero_rc}
-        self.gc_candidates = set()
-        if not everything:
-            candidates = set(self.unheld(candidates))
+        if everything:
+            candidates = set(self.zero_rc)
+            self.gc_candidates = set()
+        else:
+            candidates = self.take_unheld_candidates()
         while candidates:
             oid = candidates.pop()
             if oid not in self.zero_rc:
@@ -507,15 +506,12 @@ class Prefix(PrefixCore):
                 self.commit()
         finally:
             self.closed = True
-            for ref in list(self.objects.values()):
-                obj = ref()
-                if obj is None:
-                    continue
+            for _oid, obj in self.cached_items():
                 if isinstance(obj, MemoBase):
                     obj._flags |= F_CLOSED
                 else:
                     obj._db0_closed = True
-            self.objects.clear()
+            self.forget_all()
             self.dirty.clear()
             self.storage.close()
 

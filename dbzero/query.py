@@ -31,7 +31,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from dbzero_ext.postings import IdSet, difference, intersect, union, union_many
 
-from dbzero_ext.query import (all_ints, compact, identity_hits, live_hits, live_objects, place_live,
+from dbzero_ext.query import (all_ints, compact, live_objects, place_live,
                               place_made)
 
 from . import errors
@@ -143,21 +143,7 @@ class Materializer:
     def objects(self, oids: List[int]) -> List[Any]:
         """Proxies for local ``oids`` in the same order (None for ids that do not exist)."""
         px = self.px
-        objects = px.objects
-        if type(objects) is dict and type(oids) is list:
-            out, missing = identity_hits(objects, oids)
-        else:
-            get = objects.get
-            out = [None] * len(oids)
-            missing = []
-            for i, oid in enumerate(oids):
-                ref = get(oid)
-                if ref is not None:
-                    obj = ref()
-                    if obj is not None:
-                        out[i] = obj
-                        continue
-                missing.append(i)
+        out, missing = px.identity_hits(oids if type(oids) is list else list(oids))
         if missing:
             with px.lock:
                 made = self._ghosts(IdSet.from_iterable([oids[i] for i in missing]))
@@ -167,10 +153,7 @@ class Materializer:
     def live(self, oids: List[int]) -> List[Any]:
         """The live objects of local ``oids``, in order (missing and dead ones skipped)."""
         px = self.px
-        objects = px.objects
-        if type(objects) is not dict:
-            return live_objects(self.objects(oids))
-        out, missing = live_hits(objects, oids)
+        out, missing = px.live_hits(oids if type(oids) is list else list(oids), F_DEAD)
         if missing:
             place_live(out, missing, self.objects([oids[i] for i in missing]))
         return compact(out)

@@ -273,11 +273,10 @@ def apply_journal(px: Prefix, after: int, upto: int, skip: Iterable[int] = (),
     """
     storage = px.storage
     sh = px._share
-    objects = px.objects
     if after < _history_floor(storage):
         # The journals of some skipped states were pruned (db0.compact): no way to know
         # what changed, so everything cached is stale.
-        oids, classes = set(objects), True
+        oids, classes = {oid for oid, _obj in px.cached_items()}, True
         chunk_oids: Set[int] = set()
         if not px.readonly:
             from .cache import chunk_cache
@@ -472,7 +471,7 @@ def rollback_pending(px: Prefix) -> None:
         if oid not in expired:
             px.register(obj)
     for oid in expired:
-        px.objects.pop(oid, None)
+        px.forget(oid)
     if swept:
         _sweep_chunk_cache(swept)
     px.dirty = {}
@@ -842,10 +841,7 @@ def _prepare_child(px: Prefix) -> None:
     to_readonly = mode == "r"
     px.atomic_log = None
     from .index import Index
-    for oid, ref in list(px.objects.items()):
-        obj = ref()
-        if obj is None:
-            continue
+    for oid, obj in px.cached_items():
         if isinstance(obj, MemoBase):
             if obj._flags & (F_DEAD | F_INIT):
                 continue
@@ -858,7 +854,7 @@ def _prepare_child(px: Prefix) -> None:
             # A collection proxy of a formerly writable prefix cannot be made read-only in
             # place; re-read it from its owner object in the child.
             obj._db0_closed = True
-            del px.objects[oid]
+            px.forget(oid)
         else:
             if isinstance(obj, Index):
                 obj._db0_committed()    # forget the parent's pending entries

@@ -16,8 +16,12 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
 from cpython.weakref cimport PyWeakref_NewRef, PyWeakref_GetObject
 
-from dbzero_ext.memo cimport (MemoBase, F_CLOSED, F_DEAD, F_DIRTY, F_GHOST, F_INIT, F_NEW,
-                              F_RCDIRTY, F_READONLY, F_RUNNING_INIT)
+from libc.stdint cimport uint64_t
+from libc.stdlib cimport malloc, free
+
+from dbzero_ext.memo cimport (MemoBase, ProxyMap, gc_track_by_content, F_CLOSED, F_DEAD,
+                              F_DIRTY, F_GHOST, F_INIT, F_NEW, F_RCDIRTY, F_READONLY,
+                              F_RUNNING_INIT)
 from dbzero_ext.codec import ABSENT as _ABSENT
 from dbzero_ext.codec import decode_uuid as _decode_uuid
 
@@ -27,6 +31,22 @@ cdef extern from "Python.h":
     PyObject** _PyObject_GetDictPtr(object o)
     long long PyLong_AsLongLongAndOverflow(object o, int* overflow) except? -1
     object PyObject_GenericGetAttr(object o, object name)
+    void PyObject_GC_UnTrack(void* o)
+
+cdef extern from *:
+    void __builtin_prefetch(const void* p) nogil
+
+
+from cpython.object cimport PyTypeObject, newfunc
+
+# MemoBase's own allocator: memo classes replace their tp_new (install_slots below), after
+# which `MemoBase.__new__(cls)` would refuse them as unsafe.
+cdef newfunc _memobase_new = (<PyTypeObject*>MemoBase).tp_new
+
+
+cdef inline MemoBase _alloc_proxy(type cls):
+    """A new, empty instance of memo class ``cls`` (no __init__ run)."""
+    return <MemoBase>_memobase_new(cls, <PyObject*>(), NULL)
 
 
 cdef inline dict _dict_of(object obj):
@@ -147,6 +167,7 @@ cdef class _ClassPlan:
     cdef object prefix_name
     cdef bint singleton
     cdef bint no_default_tags
+    cdef object init            # the user's initialiser (None until first needed)
 
 
 cdef dict _plans = {}     # memo class -> _ClassPlan (classes stay registered for the process)
@@ -167,10 +188,14 @@ cdef _ClassPlan _plan_of(type cls):
     return plan
 
 
-cdef class PrefixCore:
-    """State and per-object operations of an open prefix (see dbzero.prefix.Prefix)."""
+cdef class PrefixCore(ProxyMap):
+    """State and per-object operations of an open prefix (see dbzero.prefix.Prefix).
 
-    cdef public dict objects            # oid -> weakref of the proxy (identity map)
+    Memo proxies are in the inherited ProxyMap (borrowed pointers, removed by the proxy's
+    own deallocation); collection and index proxies, which are Python classes, in
+    ``objects`` as weak references."""
+
+    cdef public dict objects            # oid -> weakref of a collection/index proxy
     cdef public dict dirty              # oid -> object changed since the last commit (pinned)
     cdef public dict pending_deletes    # oid -> object deleted since the last commit
     cdef public dict _ref_oid           # id(tracking weakref) -> oid
@@ -191,14 +216,17 @@ cdef class PrefixCore:
     # -- identity map ----------------------------------------------------------------
 
     cdef inline _register(self, unsigned long long oid, obj):
+        if isinstance(obj, MemoBase):
+            self.proxy_put(oid, obj)
+            return
         cdef dict objects = self.objects
         objects[oid] = PyWeakref_NewRef(obj, None)
         if len(objects) > self._sweep_at:
             self._sweep()
 
     def register(self, obj):
-        """Put ``obj`` in the identity map (weakly, no callback; dead entries are swept
-        when the map has doubled).  Reference-count-0 objects are ``track``-ed instead."""
+        """Put ``obj`` in the identity map.  (Count-0 collections are ``track``-ed instead,
+        with a weak reference that reports their death; memo proxies always report it.)"""
         self._register(obj._oid, obj)
 
     def track(self, obj):
@@ -206,6 +234,9 @@ cdef class PrefixCore:
         self._track(obj)
 
     cdef _track(self, obj):
+        if isinstance(obj, MemoBase):
+            self.proxy_put((<MemoBase>obj)._oid, obj)
+            return
         if self._dead_callback is None:
             self._dead_callback = self._on_proxy_dead
         oid = obj._oid
@@ -214,6 +245,12 @@ cdef class PrefixCore:
         self._ref_oid[<size_t><PyObject*>ref] = oid
         if len(self.objects) > self._sweep_at:
             self._sweep()
+
+    cdef bint _is_tracked(self, obj):
+        if isinstance(obj, MemoBase):
+            return self.proxy_get((<MemoBase>obj)._oid) == <PyObject*>obj
+        ref = self.objects.get(obj._oid)
+        return ref is not None and (<size_t><PyObject*>ref) in self._ref_oid
 
     def note_unreferenced(self, obj):
         """``obj`` may have lost its last reference (e.g. its last tag): watch it, and let
@@ -228,13 +265,12 @@ cdef class PrefixCore:
             return
         self.zero_rc.add(oid)
         self.gc_candidates.add(oid)
-        ref = self.objects.get(oid)
-        if ref is None or (<size_t><PyObject*>ref) not in self._ref_oid:
+        if not self._is_tracked(obj):
             self._track(obj)
 
-    def is_tracked(self, oid):
-        ref = self.objects.get(oid)
-        return ref is not None and (<size_t><PyObject*>ref) in self._ref_oid
+    def is_tracked(self, obj):
+        """True if the death of proxy ``obj`` will be noticed."""
+        return self._is_tracked(obj)
 
     def _sweep(self):
         cdef dict objects = self.objects
@@ -252,17 +288,107 @@ cdef class PrefixCore:
         if oid in self.zero_rc:
             self.gc_candidates.add(oid)
 
-    cdef inline object _cached(self, oid):
+    cdef void _proxy_gone(self, uint64_t oid) noexcept:
+        # A memo proxy died (MemoBase.__dealloc__): a count-0 object may now be garbage.
+        # (At interpreter exit the sets may already be cleared.)
+        zero_rc = self.zero_rc
+        candidates = self.gc_candidates
+        if zero_rc is not None and candidates is not None and oid in zero_rc:
+            candidates.add(oid)
+
+    cdef inline object _cached(self, uint64_t oid):
+        cdef PyObject* p = self.proxy_get(oid)
+        if p is not NULL:
+            return <object>p
+        if not self.objects:
+            return None
         cdef PyObject* ref = PyDict_GetItem(self.objects, oid)
         if ref is NULL:
             return None
-        cdef PyObject* obj = PyWeakref_GetObject(<object>ref)
-        if obj == <PyObject*>None:
+        p = PyWeakref_GetObject(<object>ref)
+        if p == <PyObject*>None:
             return None
-        return <object>obj
+        return <object>p
 
-    def cached(self, oid):
+    def cached(self, unsigned long long oid):
+        """The live proxy of ``oid`` if there is one, else None."""
         return self._cached(oid)
+
+    def forget(self, unsigned long long oid):
+        """Drop ``oid`` from the identity map (its proxy, if any, stays as it is)."""
+        self.proxy_remove(oid, NULL)
+        self.objects.pop(oid, None)
+
+    def cached_items(self):
+        """``[(oid, proxy)]`` of every live proxy in the identity map."""
+        cdef list out = self.proxy_items()
+        for oid, ref in list(self.objects.items()):
+            obj = ref()
+            if obj is not None:
+                out.append((oid, obj))
+        return out
+
+    def forget_all(self):
+        """Empty the identity map (close)."""
+        self.proxy_clear()
+        self.objects.clear()
+        self._ref_oid.clear()
+
+    def identity_hits(self, list oids):
+        """Proxies of ``oids`` found in the identity map: ``(objects with None for the
+        misses, positions of the misses)``."""
+        cdef Py_ssize_t i, n = len(oids)
+        cdef list out = [None] * n
+        cdef list missing = []
+        for i in range(n):
+            obj = self._cached(<uint64_t>oids[i])
+            if obj is None:
+                missing.append(i)
+            else:
+                out[i] = obj
+        return out, missing
+
+    def live_hits(self, list oids, long dead_flag):
+        """One pass of :meth:`identity_hits` dropping dead proxies: ``(objects, missing)``
+        where ``objects[i]`` is the live proxy of ``oids[i]``, None if it is dead or not in
+        the identity map, and ``missing`` lists the positions not in the map.
+
+        Objects met in key order are scattered in memory: the map is probed for all of
+        them first, prefetching each proxy, so the cache misses overlap.  No Python object
+        is allocated between reading a borrowed pointer and owning it."""
+        cdef Py_ssize_t i, n = len(oids)
+        cdef list out = [None] * n
+        cdef list missing = []
+        cdef PyObject** ptrs = <PyObject**>malloc(sizeof(PyObject*) * (n + 1))
+        cdef PyObject* p
+        if ptrs == NULL:
+            raise MemoryError()
+        try:
+            for i in range(n):
+                p = self.proxy_get(<uint64_t>oids[i])
+                ptrs[i] = p
+                if p is not NULL:
+                    __builtin_prefetch(p)
+            for i in range(n):
+                p = ptrs[i]
+                if p is not NULL:
+                    if not (<MemoBase>p)._flags & dead_flag:
+                        out[i] = <object>p
+                else:
+                    missing.append(i)
+        finally:
+            free(ptrs)
+        if missing and self.objects:
+            # Collections and indexes (weakly referenced), once every memo proxy is owned.
+            misses = missing
+            missing = []
+            for i in misses:
+                obj = self._cached(<uint64_t>oids[i])
+                if obj is None:
+                    missing.append(i)
+                elif not getattr(obj, "_db0_dead", False):
+                    out[i] = obj
+        return out, missing
 
     # -- reading objects -------------------------------------------------------------
 
@@ -276,12 +402,13 @@ cdef class PrefixCore:
             made = _collection_kinds[class_id]._db0_ghost(self, oid)
             self._register(oid, made)
             return made
-        obj = MemoBase.__new__(self._info_by_id(class_id).cls)
+        obj = _alloc_proxy(self._info_by_id(class_id).cls)
+        PyObject_GC_UnTrack(<void*>obj)       # no fields yet (see memo.pyx, gc tracking)
         obj._px = self
         obj._oid = oid
         obj._flags = flags
         if register:
-            self._register(oid, obj)
+            self.proxy_put(oid, obj)
         return obj
 
     def get_object(self, unsigned long long oid, int class_id):
@@ -326,18 +453,16 @@ cdef class PrefixCore:
         cdef list out = []
         cdef MemoBase obj
         cdef int flags = self._ghost_flags()
-        cdef dict objects = self.objects
         cdef unsigned long long oid
         for key in oids:
             oid = key
-            obj = MemoBase.__new__(cls)
+            obj = _alloc_proxy(cls)
+            PyObject_GC_UnTrack(<void*>obj)
             obj._px = self
             obj._oid = oid
             obj._flags = flags
-            objects[key] = PyWeakref_NewRef(obj, None)
+            self.proxy_put(oid, obj)
             out.append(obj)
-        if len(objects) > self._sweep_at:
-            self._sweep()
         return out
 
     cdef _Reader _record_reader(self, unsigned long long oid):
@@ -378,8 +503,6 @@ cdef class PrefixCore:
         cdef int cid = _read_value(r)
         if cid < FIRST_USER_CLASS_ID:
             return self._new_proxy(oid, cid, 0)
-        # Registered by _fill_from once the reference count tells how (one weak
-        # reference, with or without a death callback).
         m = <MemoBase>self._new_proxy(oid, cid, self._ghost_flags(), False)
         self._fill_from(m, r, n, cid, True)
         return m
@@ -414,9 +537,8 @@ cdef class PrefixCore:
                            and info.singleton_oid != obj._oid)
         if watch:
             self.zero_rc.add(obj._oid)
-            self._track(obj)
-        elif register:
-            self._register(obj._oid, obj)
+        if register:
+            self.proxy_put(obj._oid, obj)
         try:
             for i in range(2, n):
                 value = _read_value(r)
@@ -425,6 +547,7 @@ cdef class PrefixCore:
         except BaseException:
             d.clear()
             raise
+        gc_track_by_content(obj, d)
         obj._rc = rc
         obj._wstate = r.wstate
         obj._flags &= ~F_GHOST
@@ -532,20 +655,18 @@ cdef class PrefixCore:
             self.check_writable()
         cdef ClassInfo info = self._info_of_class(cls)
         cdef unsigned long long oid = self._new_oid()
-        cdef MemoBase obj = MemoBase.__new__(cls)
+        cdef MemoBase obj = _alloc_proxy(cls)
+        PyObject_GC_UnTrack(<void*>obj)       # no fields yet (see memo.pyx, gc tracking)
         obj._px = self
         obj._oid = oid
         obj._flags = F_NEW | F_INIT | F_DIRTY
         key = oid
+        self.proxy_put(oid, obj)
+        self.dirty[key] = obj
         if not plan.singleton:
-            # Count 0 from birth: tracked at once (its death after the commit schedules it
-            # for collection), which spares a second weak reference at commit.
-            self._track(obj)
-            self.dirty[key] = obj
+            # Count 0 from birth: its death after the commit schedules it for collection.
             self.zero_rc.add(key)
         else:
-            self._register(oid, obj)
-            self.dirty[key] = obj
             info.singleton_oid = key
             info.dirty = True
         self.changed = True
@@ -607,8 +728,6 @@ cdef class PrefixCore:
         cdef MemoBase m
         cdef bint rc_in_place = self.in_place_refcounts
         cdef set zero_rc = self.zero_rc
-        cdef dict ref_oid = self._ref_oid
-        cdef PyObject* ref
         cdef int flags
         for oid, obj in self.dirty.items():
             if isinstance(obj, MemoBase):
@@ -621,13 +740,28 @@ cdef class PrefixCore:
                     continue    # created with a count of 0 and tracked since (_create)
             else:
                 obj._db0_committed()
-            if oid in zero_rc:
-                ref = PyDict_GetItem(self.objects, oid)
-                if ref is NULL or (<size_t>ref) not in ref_oid:
-                    self._track(obj)
+            if oid in zero_rc and not self._is_tracked(obj):
+                self._track(obj)
         self.dirty = {}
         self.pending_deletes = {}
         self.changed = False
+
+    def take_unheld_candidates(self):
+        """The collector's candidates for this commit, taken from ``gc_candidates`` and the
+        dirty objects of count 0: the ids Python code no longer holds (a set)."""
+        cdef set out = set()
+        cdef set zero_rc = self.zero_rc
+        cdef dict dirty = self.dirty
+        candidates = self.gc_candidates
+        self.gc_candidates = set()
+        if zero_rc:
+            for oid, obj in dirty.items():
+                # References held here: the dirty pin and `obj`.
+                if Py_REFCNT(obj) <= 2 and oid in zero_rc:
+                    out.add(oid)
+        obj = None
+        out.update(self.unheld([oid for oid in candidates if oid not in dirty]))
+        return out
 
     def unheld(self, candidates):
         """The ids among ``candidates`` (zero_rc) that Python code no longer holds."""
@@ -652,14 +786,29 @@ cdef class PrefixCore:
 
 # -- memo construction --------------------------------------------------------------------
 
-def memo_new(cls, *args, **kwargs):
-    """``__new__`` of every memo class: create the object in its prefix (or return the
-    existing singleton).  The generated ``__init__`` then runs the user's initialiser."""
+# The workspace lock's bound methods (the hottest path takes it once per call).
+cdef object _lock = None
+cdef object _lock_acquire = None
+cdef object _lock_release = None
+
+
+cdef _cache_lock(lock):
+    global _lock, _lock_acquire, _lock_release
+    _lock_acquire = lock.acquire
+    _lock_release = lock.release
+    _lock = lock
+
+
+cdef object _memo_new(type cls):
     cdef _ClassPlan plan = _plan_of(cls)
     ws = _ws_module._workspace
     if ws is None:
         raise _errors.NotInitializedError("dbzero not initialized")
-    with ws.lock:
+    lock = ws.lock
+    if lock is not _lock:
+        _cache_lock(lock)
+    _lock_acquire()
+    try:
         if plan.prefix_name is None:
             name = ws.current_name
             if name is None:
@@ -672,6 +821,14 @@ def memo_new(cls, *args, **kwargs):
             if existing is not None:
                 return existing
         return (<PrefixCore>px)._create(cls, plan)
+    finally:
+        _lock_release()
+
+
+def memo_new(cls, *args, **kwargs):
+    """``__new__`` of every memo class: create the object in its prefix (or return the
+    existing singleton).  The generated ``__init__`` then runs the user's initialiser."""
+    return _memo_new(cls)
 
 
 cdef object _next_init(type gen):
@@ -683,38 +840,88 @@ cdef object _next_init(type gen):
     return object.__init__
 
 
+cdef int _run_user_init(MemoBase self, type gen, object args, object kwargs) except -1:
+    """Run the user's initialiser of memo class ``gen`` on the new ``self``; if it raises,
+    the object is discarded."""
+    cdef _ClassPlan plan = _plan_of(gen)
+    cdef int flags = self._flags
+    if not (flags & F_INIT):
+        return 0                  # an existing singleton: the arguments are ignored
+    self._flags = flags | F_RUNNING_INIT
+    try:
+        init = plan.init
+        if init is None:
+            init = plan.init = _next_init(gen)
+        if init is object.__init__:
+            if args or kwargs:
+                raise TypeError(f"{gen.__name__}() takes no arguments")
+        elif kwargs:
+            init(self, *args, **kwargs)
+        else:
+            init(self, *args)
+    except BaseException:
+        if not self._flags & F_DEAD:
+            self._px.discard_new(self)
+        raise
+    finally:
+        self._flags &= ~(F_INIT | F_RUNNING_INIT)
+    return 0
+
+
+# Type slots of memo classes: ``Cls(...)`` calls these directly (no look-up of __new__ and
+# __init__, no re-packing of the arguments per call).
+
+cdef extern from "Python.h":
+    ctypedef struct _TypeSlots "PyTypeObject":
+        PyObject* (*tp_new)(PyObject*, PyObject*, PyObject*) except NULL
+        int (*tp_init)(PyObject*, PyObject*, PyObject*) except -1
+    void Py_INCREF(PyObject*)
+
+
+cdef PyObject* _memo_tp_new(PyObject* cls, PyObject* args, PyObject* kwargs) except NULL:
+    obj = _memo_new(<type>cls)
+    Py_INCREF(<PyObject*>obj)
+    return <PyObject*>obj
+
+
+cdef int _memo_tp_init(PyObject* self, PyObject* args, PyObject* kwargs) except -1:
+    # Only instances of exactly this class get here (a subclass that defines __init__
+    # gets CPython's generic slot, which calls the generated __init__ below).
+    return _run_user_init(<MemoBase>self, type(<object>self), <object>args,
+                          <object>kwargs if kwargs is not NULL else None)
+
+
+def install_slots(type cls):
+    """Make ``cls(...)`` create and initialise through the C slots above (after the class's
+    ``__new__`` and ``__init__`` attributes are set, which reset the slots)."""
+    (<_TypeSlots*><PyObject*>cls).tp_new = _memo_tp_new
+    (<_TypeSlots*><PyObject*>cls).tp_init = _memo_tp_init
+
+
 def make_init(type gen):
     """The ``__init__`` of memo class ``gen``: runs the user's initialiser once, on a new
     object; if it raises, the object is discarded.  Existing singletons ignore it."""
-    cdef list cache = [None]
-
     def __init__(MemoBase self, *args, **kwargs):
         cdef int flags = self._flags
-        if flags & F_RUNNING_INIT:
-            # A memo base class's __init__ reached through super(): continue the chain.
-            super(gen, self).__init__(*args, **kwargs)
-            return
-        if not (flags & F_INIT):
-            return
-        self._flags = flags | F_RUNNING_INIT
-        try:
-            if type(self) is gen:
-                init = cache[0]
-                if init is None:
-                    init = cache[0] = _next_init(gen)
-                if init is object.__init__:
-                    if args or kwargs:
-                        raise TypeError(f"{gen.__name__}() takes no arguments")
-                else:
-                    init(self, *args, **kwargs)
-            else:
+        if flags & F_RUNNING_INIT or type(self) is not gen:
+            # A memo base class's __init__ reached through super(), or a subclass's
+            # initialiser: continue the chain.
+            if not flags & F_INIT:
+                return
+            if flags & F_RUNNING_INIT:
                 super(gen, self).__init__(*args, **kwargs)
-        except BaseException:
-            if not self._flags & F_DEAD:
-                self._px.discard_new(self)
-            raise
-        finally:
-            self._flags &= ~(F_INIT | F_RUNNING_INIT)
+                return
+            self._flags = flags | F_RUNNING_INIT
+            try:
+                super(gen, self).__init__(*args, **kwargs)
+            except BaseException:
+                if not self._flags & F_DEAD:
+                    self._px.discard_new(self)
+                raise
+            finally:
+                self._flags &= ~(F_INIT | F_RUNNING_INIT)
+            return
+        _run_user_init(self, gen, args, kwargs)
 
     return __init__
 
@@ -738,17 +945,58 @@ def configure_fetch(view_get, fetch_other):
     _fetch_other = fetch_other
 
 
-# The workspace lock's bound methods (the hottest path takes it once per call).
-cdef object _lock = None
-cdef object _lock_acquire = None
-cdef object _lock_release = None
+cdef extern from "Python.h":
+    int PyUnicode_KIND(object o)
+    void* PyUnicode_DATA(object o)
+    Py_ssize_t PyUnicode_GET_LENGTH(object o)
+    int PyUnicode_1BYTE_KIND
 
 
-cdef _cache_lock(lock):
-    global _lock, _lock_acquire, _lock_release
-    _lock_acquire = lock.acquire
-    _lock_release = lock.release
-    _lock = lock
+cdef signed char _B32_VALUE[256]
+for _i in range(256):
+    _B32_VALUE[_i] = -1
+for _i in range(32):
+    _B32_VALUE[ord("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"[_i])] = _i
+
+
+cdef bint _parse_uuid(str text, uint64_t* prefix_key, uint64_t* oid):
+    """Split a uuid (codec.encode_uuid: 24 base32 characters of the 7-byte prefix uuid and
+    the 8-byte object id) without allocating; False if it is malformed."""
+    if PyUnicode_GET_LENGTH(text) != 24 or PyUnicode_KIND(text) != PyUnicode_1BYTE_KIND:
+        return False
+    cdef const unsigned char* chars = <const unsigned char*>PyUnicode_DATA(text)
+    cdef uint64_t hi = 0, lo = 0
+    cdef int i
+    cdef signed char v
+    for i in range(24):
+        v = _B32_VALUE[chars[i]]
+        if v < 0:
+            return False
+        hi = (hi << 5) | (lo >> 59)
+        lo = (lo << 5) | <uint64_t>v
+    prefix_key[0] = hi
+    oid[0] = lo
+    return True
+
+
+# The prefix of the last uuid fetched (most fetches in a row read one prefix).
+cdef object _last_ws = None
+cdef object _last_px = None
+cdef uint64_t _last_prefix_key = 0
+
+
+cdef object _prefix_of_uuid(ws, uint64_t prefix_key):
+    global _last_ws, _last_px, _last_prefix_key
+    px = _last_px
+    if (px is not None and prefix_key == _last_prefix_key and ws is _last_ws
+            and not (<PrefixCore>px).closed):
+        return px
+    prefix_uuid = (<object>prefix_key).to_bytes(7, "big")
+    px = ws.by_uuid.get(prefix_uuid)
+    if px is None or px.closed:
+        px = ws.prefix_by_uuid(prefix_uuid)
+    _last_ws, _last_px, _last_prefix_key = ws, px, prefix_key
+    return px
 
 
 def fetch(identifier, expected_type=None, prefix=None):
@@ -766,20 +1014,16 @@ def fetch(identifier, expected_type=None, prefix=None):
     ws = _ws_module._workspace
     if ws is None:
         raise _errors.NotInitializedError("dbzero not initialized")
+    cdef uint64_t prefix_key, oid
     if type(identifier) is str:
-        try:
-            prefix_uuid, oid = _decode_uuid(identifier)
-        except ValueError:
-            raise _errors.InvalidUUIDError(f"Invalid UUID: {identifier!r}") from None
+        if not _parse_uuid(identifier, &prefix_key, &oid):
+            raise _errors.InvalidUUIDError(f"Invalid UUID: {identifier!r}")
         lock = ws.lock
         if lock is not _lock:
             _cache_lock(lock)
         _lock_acquire()
         try:
-            px = ws.by_uuid.get(prefix_uuid)
-            if px is None or px.closed:
-                px = ws.prefix_by_uuid(prefix_uuid)
-            obj = (<PrefixCore>px)._fetch(oid)
+            obj = (<PrefixCore>_prefix_of_uuid(ws, prefix_key))._fetch(oid)
         finally:
             _lock_release()
     else:

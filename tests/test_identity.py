@@ -3,6 +3,9 @@
 import gc
 
 import pytest
+from hypothesis import given, settings, strategies as st
+
+from dbzero_ext.codec import decode_uuid
 
 import dbzero as db0
 from dbzero import workspace
@@ -223,3 +226,33 @@ def test_tagged_objects_are_not_rewatched_and_untagging_collects(db):
     gc.collect()
     db0.commit()
     assert [db0.exists(u) for u in uids] == [False] * 5 + [True] * 15
+
+
+@pytest.fixture(scope="module")
+def module_root(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("uuids") / "db")
+
+
+@given(text=st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ234567az01é€", min_size=22, max_size=26))
+@settings(max_examples=300, deadline=None)
+def test_fetch_parses_uuids_like_the_codec(module_root, text):
+    """db0.fetch's allocation-free uuid parser accepts exactly what codec.decode_uuid
+    accepts, and finds the same object."""
+    db0.init(module_root, prefix="test", autocommit=False)
+    try:
+        it = Item()
+        uid = db0.uuid(it)
+        assert db0.fetch(uid) is it
+        try:
+            prefix_uuid, oid = decode_uuid(text)
+        except ValueError:
+            with pytest.raises(db0.InvalidUUIDError):
+                db0.fetch(text)
+            return
+        if text == uid:
+            assert db0.fetch(text) is it
+        else:
+            with pytest.raises((db0.PrefixNotFoundError, db0.ReferenceError)):
+                db0.fetch(text)
+    finally:
+        db0.close()
