@@ -762,35 +762,6 @@ def contains(source, list entries):
 
 # -- materialising --------------------------------------------------------------------------------
 
-def identity_hits(dict objects, list oids):
-    """Objects of ``oids`` found alive in an identity map ``oid -> weak reference``:
-    ``(objects with None for the misses, positions of the misses)``."""
-    cdef Py_ssize_t i, n = len(oids)
-    cdef list out = [None] * n
-    cdef list missing = []
-    cdef PyObject* ref
-    cdef PyObject* o
-    cdef object obj
-    for i in range(n):
-        ref = PyDict_GetItem(objects, oids[i])
-        if ref is NULL:
-            missing.append(i)
-            continue
-        if PyWeakref_Check(<object>ref):
-            o = PyWeakref_GetObject(<object>ref)
-            if o == <PyObject*>None:
-                missing.append(i)
-                continue
-            obj = <object>o
-        else:
-            obj = (<object>ref)()
-            if obj is None:
-                missing.append(i)
-                continue
-        out[i] = obj
-    return out, missing
-
-
 cdef inline bint _dead(object obj) except -1:
     """A memo object flagged dead or an expired collection (memo flags are read as the C
     field: MemoBase.__getattribute__ would cost more than the rest of the walk)."""
@@ -806,67 +777,6 @@ def live_objects(list objs):
         if obj is not None and not _dead(obj):
             out.append(obj)
     return out
-
-
-cdef extern from "Python.h":
-    PyObject* _weakref_target "PyWeakref_GET_OBJECT"(PyObject* ref)
-    bint _is_weakref "PyWeakref_Check"(PyObject* o)
-
-cdef extern from *:
-    void __builtin_prefetch(const void* p) nogil
-
-
-def live_hits(dict objects, list oids):
-    """One pass of :func:`identity_hits` and :func:`live_objects`: ``(objects, missing)``
-    where ``objects[i]`` is the live object of ``oids[i]``, None if it is dead or not in
-    the identity map, and ``missing`` lists the positions not in the map.
-
-    Objects met in key order are scattered in memory: the work is split into passes that
-    prefetch the next pass's pointers, so the cache misses of many objects overlap.  No
-    Python object is allocated between reading a borrowed pointer and owning it, so the
-    garbage collector cannot run in between.
-    """
-    cdef Py_ssize_t i, n = len(oids)
-    cdef list out = [None] * n
-    cdef list missing = []
-    cdef list slow = []
-    cdef PyObject** ptrs = <PyObject**>malloc(sizeof(PyObject*) * (n + 1))
-    cdef PyObject* p
-    cdef object obj
-    if ptrs == NULL:
-        raise MemoryError()
-    try:
-        for i in range(n):                      # 1: identity-map entries (weak references)
-            p = PyDict_GetItem(objects, oids[i])
-            ptrs[i] = p
-            if p is not NULL:
-                __builtin_prefetch(p)
-        for i in range(n):                      # 2: the referents
-            p = ptrs[i]
-            if p is NULL:
-                continue
-            if _is_weakref(p):
-                p = _weakref_target(p)
-                ptrs[i] = NULL if p == <PyObject*>None else p
-                if ptrs[i] is not NULL:
-                    __builtin_prefetch(p)
-            else:
-                ptrs[i] = NULL
-                slow.append(i)                  # a callable reference (resolved below)
-        for i in range(n):                      # 3: own them
-            if ptrs[i] is not NULL:
-                out[i] = <object>ptrs[i]
-    finally:
-        free(ptrs)
-    for i in slow:
-        out[i] = objects[oids[i]]()
-    for i in range(n):                          # 4: drop the dead, list the missing
-        obj = out[i]
-        if obj is None:
-            missing.append(i)
-        elif _dead(obj):
-            out[i] = None
-    return out, missing
 
 
 def compact(list objs):

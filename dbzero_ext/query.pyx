@@ -19,7 +19,6 @@ walk costs a few nanoseconds per entry plus one LMDB read per ~200 entries.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.object cimport PyObject, PyObject_GenericSetAttr
 from cpython.dict cimport PyDict_GetItem
-from cpython.weakref cimport PyWeakref_Check, PyWeakref_GetObject
 from libc.stdint cimport uint8_t, uint64_t
 from libc.stdlib cimport free, realloc
 from libc.string cimport memcmp, memset
