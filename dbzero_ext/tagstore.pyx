@@ -569,21 +569,23 @@ cdef class _RunIter:
         if self.i >= self.run.n:
             raise StopIteration
         self.i += 1
-        if self.last is None or _refcnt(<PyObject*>self.last) != 1:
-            self.last = self.run._pair_at(self.i - 1)
-            return self.last
-        # Nobody but this iterator holds the last pair any more (a bulk put reads each
-        # pair and lets it go): refill it, as zip() does, instead of allocating another.
         key = <bytes>PyList_GET_ITEM(self.run.keys, self.run.tags[self.i - 1])
         packed = _pack_oid(self.run.oids[self.i - 1])
         if self.run.key_is_tag:
-            _refill(self.last, key, packed)
+            self.last = _hand_out(<PyObject*>self.last, key, packed)
         else:
-            _refill(self.last, packed, key)
+            self.last = _hand_out(<PyObject*>self.last, packed, key)
         return self.last
 
 
-cdef inline void _refill(tuple t, object a, object b):
+cdef inline tuple _hand_out(PyObject* last, object a, object b):
+    """The pair ``(a, b)``: ``last`` (the iterator's own, borrowed: a counted reference
+    here would hide whether anyone else holds it) refilled if nobody but the iterator
+    holds it any more (a bulk put reads each pair and lets it go), as zip() does, else
+    a new pair."""
+    if last == NULL or last == <PyObject*>None or _refcnt(last) != 1:
+        return _pair(a, b)
+    cdef tuple t = <tuple>last
     cdef PyObject* old_a = _tuple_item(t, 0)
     cdef PyObject* old_b = _tuple_item(t, 1)
     Py_INCREF(a)
@@ -592,6 +594,7 @@ cdef inline void _refill(tuple t, object a, object b):
     _tuple_set(t, 1, <PyObject*>b)
     Py_XDECREF(old_a)
     Py_XDECREF(old_b)
+    return t
 
 
 # -- storage helpers ---------------------------------------------------------------------
@@ -793,14 +796,15 @@ cdef inline char* _put_bin(char* p, const char* data, Py_ssize_t ln):
 
 
 cdef tuple _run_history(int db_id, bytes state, MemberRun run):
-    """membership_history for a run of adds only (no removals)."""
-    cdef list out = []
+    """membership_history for a run of adds only (no removals); the records come as
+    PackedPairs."""
+    cdef PackedPairs out = PackedPairs.__new__(PackedPairs)
     cdef Py_ssize_t i = 0, i2, g, size, klen, vlen, count = 0, jlen = 0
     cdef char kbuf[8]
     cdef char vbuf[8]
     cdef const char* kp
     cdef const char* vp
-    cdef bytes hkey, value, tag
+    cdef bytes tag
     cdef char* p
     cdef char* journal = NULL
     cdef Py_ssize_t n_keys = 0
@@ -835,13 +839,11 @@ cdef tuple _run_history(int db_id, bytes state, MemberRun run):
                 for g in range(i, i2):
                     vlen = PyBytes_GET_SIZE(<bytes>PyList_GET_ITEM(run.keys, run.tags[g]))
                     size += vlen + (2 if vlen < 0x100 else (3 if vlen < 0x10000 else 5))
-            hkey = PyBytes_FromStringAndSize(NULL, klen + 9)
-            p = PyBytes_AS_STRING(hkey)
+            p = out._reserve(klen + 9)
             p[0] = <char>db_id
             memcpy(p + 1, kp, klen)
             memcpy(p + 1 + klen, PyBytes_AS_STRING(state), 8)
-            value = PyBytes_FromStringAndSize(NULL, size)
-            p = PyBytes_AS_STRING(value)
+            p = out._reserve(size)
             p[0] = <char>0x92
             p = _put_len(p + 1, i2 - i, 0x90, 0xDC, 0xDD, 15)
             for g in range(i, i2):
@@ -853,7 +855,6 @@ cdef tuple _run_history(int db_id, bytes state, MemberRun run):
                     tag = <bytes>PyList_GET_ITEM(run.keys, run.tags[g])
                     p = _put_bin(p, PyBytes_AS_STRING(tag), PyBytes_GET_SIZE(tag))
             p[0] = <char>0x90             # no removals
-            out.append(_pair(hkey, value))
             p = journal + jlen
             p[0] = <char>0x92
             p[1] = <char>db_id
@@ -864,6 +865,74 @@ cdef tuple _run_history(int db_id, bytes state, MemberRun run):
         return out, PyBytes_FromStringAndSize(journal, jlen), count
     finally:
         free(journal)
+
+
+cdef class PackedPairs:
+    """``(key, value)`` byte pairs packed back to back in one buffer, a sequence of
+    2-tuples to its users (``len``, iteration): the history records of a bulk commit are
+    ~100k small pairs that a bulk put reads once, so they are made one at a time, as
+    they are read, into memory the previous pair has just given back."""
+
+    cdef char* data
+    cdef Py_ssize_t size, cap
+    cdef Py_ssize_t* ends       # end offset of each key and each value, in turn
+    cdef Py_ssize_t nparts, pcap
+
+    def __dealloc__(self):
+        free(self.data)
+        free(self.ends)
+
+    cdef char* _reserve(self, Py_ssize_t n) except NULL:
+        """Room for the next key or value (``n`` bytes), to be written at once."""
+        cdef char* grown
+        cdef Py_ssize_t* more
+        if self.size + n > self.cap:
+            self.cap = 2 * self.cap + n + 4096
+            grown = <char*>realloc(self.data, self.cap)
+            if grown is NULL:
+                raise MemoryError()
+            self.data = grown
+        if self.nparts == self.pcap:
+            self.pcap = 2 * self.pcap + 1024
+            more = <Py_ssize_t*>realloc(self.ends, self.pcap * sizeof(Py_ssize_t))
+            if more is NULL:
+                raise MemoryError()
+            self.ends = more
+        cdef char* p = self.data + self.size
+        self.size += n
+        self.ends[self.nparts] = self.size
+        self.nparts += 1
+        return p
+
+    cdef bytes _part(self, Py_ssize_t k):
+        cdef Py_ssize_t start = self.ends[k - 1] if k else 0
+        return PyBytes_FromStringAndSize(self.data + start, self.ends[k] - start)
+
+    def __len__(self):
+        return self.nparts // 2
+
+    def __iter__(self):
+        cdef _PackedIter it = _PackedIter.__new__(_PackedIter)
+        it.pairs = self
+        return it
+
+
+@cython.final
+cdef class _PackedIter:
+    cdef PackedPairs pairs
+    cdef Py_ssize_t i
+    cdef tuple last         # the pair handed out last
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if 2 * self.i >= self.pairs.nparts:
+            raise StopIteration
+        self.i += 1
+        self.last = _hand_out(<PyObject*>self.last, self.pairs._part(2 * self.i - 2),
+                              self.pairs._part(2 * self.i - 1))
+        return self.last
 
 
 def join_journal(bytes packed, list extra):

@@ -740,7 +740,7 @@ def test_tagging_objects_past_the_last_tagged_one(db):
 def test_member_run_pairs():
     # The runs a flush hands to a bulk put make their (key, value) pairs one at a time and
     # refill a pair the consumer has let go; a pair still held is never changed.
-    from dbzero_ext.tagstore import TagStore
+    from dbzero_ext.tagstore import TagStore, join_journal, membership_history
     store = TagStore(None)
     for oid in range(1, 6):
         store.set(oid, b"sb", True)
@@ -761,3 +761,11 @@ def test_member_run_pairs():
     held = list(runs["obj_tags"])
     assert [list(pair) for pair in runs["obj_tags"]] == [list(pair) for pair in by_oid]
     assert held == by_oid
+    # The history records of a run of adds, packed and made as they are read.
+    state = (7).to_bytes(8, "big")
+    records, journal, count = membership_history(6, state, runs["obj_tags"], [])
+    expected = [(b"\x06" + oid + state, msgpack.packb([[b"sa", b"sb"], []])) for oid in ids]
+    assert len(records) == count == 5 and list(records) == expected
+    it = iter(records)
+    assert [list(next(it)) for _ in expected] == [list(pair) for pair in expected]
+    assert msgpack.unpackb(join_journal(msgpack.packb([]), [(journal, count)])) == [[6, oid] for oid in ids]
