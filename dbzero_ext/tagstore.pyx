@@ -482,6 +482,33 @@ cdef class TagStore:
 
 # -- membership runs -----------------------------------------------------------------------
 
+@cython.final
+cdef class _PairIter:
+    """Iteration of a MemberRun or a PackedPairs (the one that is set)."""
+
+    cdef MemberRun run
+    cdef PackedPairs packed
+    cdef Py_ssize_t i, n
+    cdef tuple last         # the pair handed out last
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.i >= self.n:
+            raise StopIteration
+        cdef Py_ssize_t i = self.i
+        self.i += 1
+        if self.run is not None:
+            key = self.run._key(i)
+            value = self.run._value(i)
+        else:
+            key = self.packed._part(2 * i)
+            value = self.packed._part(2 * i + 1)
+        self.last = _hand_out(<PyObject*>self.last, key, value)
+        return self.last
+
+
 cdef MemberRun _new_run(Py_ssize_t cap, list keys, bint key_is_tag):
     cdef MemberRun run = MemberRun.__new__(MemberRun)
     run.keys = keys
@@ -493,6 +520,7 @@ cdef MemberRun _new_run(Py_ssize_t cap, list keys, bint key_is_tag):
     return run
 
 
+@cython.final
 cdef class MemberRun:
     """Sorted ``(key, value)`` membership pairs of one table - ``(tag, id)`` for `tags`,
     ``(id, tag)`` for `obj_tags` - kept as C arrays.  A sequence of 2-tuples to its users
@@ -515,10 +543,26 @@ cdef class MemberRun:
         self.n += 1
 
     cdef inline tuple _pair_at(self, Py_ssize_t i):
-        key = <bytes>PyList_GET_ITEM(self.keys, self.tags[i])
+        return (self._key(i), self._value(i))
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        cdef _PairIter it = _PairIter.__new__(_PairIter)
+        it.run = self
+        it.n = self.n
+        return it
+
+    cdef inline object _key(self, Py_ssize_t i):
         if self.key_is_tag:
-            return (key, _pack_oid(self.oids[i]))
-        return (_pack_oid(self.oids[i]), key)
+            return <bytes>PyList_GET_ITEM(self.keys, self.tags[i])
+        return _pack_oid(self.oids[i])
+
+    cdef inline object _value(self, Py_ssize_t i):
+        if self.key_is_tag:
+            return _pack_oid(self.oids[i])
+        return <bytes>PyList_GET_ITEM(self.keys, self.tags[i])
 
     cdef inline bint _same_key(self, Py_ssize_t i, Py_ssize_t j):
         if self.key_is_tag:
@@ -534,9 +578,6 @@ cdef class MemberRun:
                 out._append(self.oids[i], self.tags[i])
         return out
 
-    def __len__(self):
-        return self.n
-
     def __getitem__(self, index):
         if isinstance(index, slice):
             lo, hi, step = index.indices(self.n)
@@ -549,33 +590,6 @@ cdef class MemberRun:
         if not 0 <= i < self.n:
             raise IndexError(index)
         return self._pair_at(i)
-
-    def __iter__(self):
-        cdef _RunIter it = _RunIter.__new__(_RunIter)
-        it.run = self
-        return it
-
-
-@cython.final
-cdef class _RunIter:
-    cdef MemberRun run
-    cdef Py_ssize_t i
-    cdef tuple last         # the pair handed out last
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self.i >= self.run.n:
-            raise StopIteration
-        self.i += 1
-        key = <bytes>PyList_GET_ITEM(self.run.keys, self.run.tags[self.i - 1])
-        packed = _pack_oid(self.run.oids[self.i - 1])
-        if self.run.key_is_tag:
-            self.last = _hand_out(<PyObject*>self.last, key, packed)
-        else:
-            self.last = _hand_out(<PyObject*>self.last, packed, key)
-        return self.last
 
 
 cdef inline tuple _hand_out(PyObject* last, object a, object b):
@@ -867,6 +881,7 @@ cdef tuple _run_history(int db_id, bytes state, MemberRun run):
         free(journal)
 
 
+@cython.final
 cdef class PackedPairs:
     """``(key, value)`` byte pairs packed back to back in one buffer, a sequence of
     2-tuples to its users (``len``, iteration): the history records of a bulk commit are
@@ -904,7 +919,7 @@ cdef class PackedPairs:
         self.nparts += 1
         return p
 
-    cdef bytes _part(self, Py_ssize_t k):
+    cdef inline bytes _part(self, Py_ssize_t k):
         cdef Py_ssize_t start = self.ends[k - 1] if k else 0
         return PyBytes_FromStringAndSize(self.data + start, self.ends[k] - start)
 
@@ -912,27 +927,10 @@ cdef class PackedPairs:
         return self.nparts // 2
 
     def __iter__(self):
-        cdef _PackedIter it = _PackedIter.__new__(_PackedIter)
-        it.pairs = self
+        cdef _PairIter it = _PairIter.__new__(_PairIter)
+        it.packed = self
+        it.n = self.nparts // 2
         return it
-
-
-@cython.final
-cdef class _PackedIter:
-    cdef PackedPairs pairs
-    cdef Py_ssize_t i
-    cdef tuple last         # the pair handed out last
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if 2 * self.i >= self.pairs.nparts:
-            raise StopIteration
-        self.i += 1
-        self.last = _hand_out(<PyObject*>self.last, self.pairs._part(2 * self.i - 2),
-                              self.pairs._part(2 * self.i - 1))
-        return self.last
 
 
 def join_journal(bytes packed, list extra):
