@@ -36,7 +36,10 @@ from dbzero_ext.tagstore import first_of_each_key, join_journal, membership_hist
 
 from .errors import ConflictError, FormatError, PrefixLockedError, PrefixNotFoundError, StorageError
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+# Format 2 files differ only in having a mark for every state: read as they are, and
+# upgraded in place by the first read-write open.
+READABLE_VERSIONS = (2, FORMAT_VERSION)
 
 # Sub-database ids are part of the format (history keys start with them).
 VERSIONED_DBS = {"classes": 1, "objects": 2, "chunks": 3, "index": 4}
@@ -45,6 +48,8 @@ PLAIN_DBS = ("meta", "history")
 # The journal of state S lives in `history` under JOURNAL + S: one B-tree fewer to write
 # per commit (each tree touched adds pages to the fsync).
 JOURNAL = b"\xff"
+# meta[MARK + S]: the next object id after commit S, written when it moved (see _mark_at).
+MARK = b"oids@"
 DB_NAMES = tuple(VERSIONED_DBS) + tuple(DUP_DBS) + PLAIN_DBS
 
 _STATE = struct.Struct(">Q")
@@ -181,6 +186,7 @@ class Storage:
         self._env: Optional[lmdb.Environment] = None
         self._rtxn: Optional[lmdb.Transaction] = None
         self._cursors: Dict[str, Any] = {}
+        self._mark: Optional[Tuple[int, bytes]] = None    # (state, id mark) of our last commit
         self._pid = os.getpid()
         if not os.path.exists(self.path):
             if readonly or not create:
@@ -254,6 +260,8 @@ class Storage:
                     txn.put(b"uuid", os.urandom(7), db=meta)
                     txn.put(b"state", _pack_state(1), db=meta)
                     txn.put(b"next_oid", _pack_state(1), db=meta)
+                elif _unpack_state(version)[0] in READABLE_VERSIONS[:-1]:
+                    txn.put(b"format", _pack_state(FORMAT_VERSION), db=meta)
         else:
             for name in DB_NAMES:
                 try:
@@ -263,13 +271,13 @@ class Storage:
                     raise FormatError(f"{self.path} is not a dbzero prefix file (no '{name}' table)") from None
         self._rtxn = self._env.begin(buffers=False)
         version = self._rtxn.get(b"format", db=self._dbs["meta"])
-        if version is None or _unpack_state(version)[0] != FORMAT_VERSION:
+        if version is None or _unpack_state(version)[0] not in READABLE_VERSIONS:
             found = _unpack_state(version)[0] if version else None
             self._rtxn.abort()
             self._env.close()
             self._env = self._rtxn = None
             raise FormatError(f"{self.path}: unsupported format version {found} "
-                              f"(this dbzero reads version {FORMAT_VERSION})")
+                              f"(this dbzero reads versions {', '.join(map(str, READABLE_VERSIONS))})")
         self.prefix_uuid: bytes = self._rtxn.get(b"uuid", db=self._dbs["meta"])
         self._objects_db = self._dbs["objects"]     # read directly by dbzero_ext/core.pyx
 
@@ -528,14 +536,32 @@ class Storage:
                 finally:
                     if collecting:
                         gc.enable()
+            next_oid = id_floor
             for key, value in batch.meta.items():
-                txn.put(key, value, db=meta)
+                # An unchanged value is not rewritten: each meta leaf a commit touches is
+                # one more page to write and fsync (next_oid rarely moves).
+                if value != (next_oid if key == b"next_oid" else txn.get(key, db=meta)):
+                    txn.put(key, value, db=meta)
+                    if key == b"next_oid":
+                        next_oid = value
             if journal or packed_journal:
                 txn.put(JOURNAL + header, join_journal(msgpack.packb(journal), packed_journal),
                         db=history)
-            txn.put(b"oids@" + header, txn.get(b"next_oid", db=meta), db=meta)
+            # A mark only when the next object id moved (format 3): most commits create
+            # nothing, and a mark per state kept the meta tree growing.
+            if next_oid != self._last_mark(txn, state - 1):
+                txn.put(MARK + header, next_oid, db=meta)
             txn.put(b"state", header, db=meta)
+        self._mark = (state, next_oid)
         return state
+
+    def _last_mark(self, txn: lmdb.Transaction, state: int) -> bytes:
+        """The id mark in force at ``state`` as seen by ``txn``."""
+        mark = self._mark
+        if mark is not None and mark[0] == state:
+            # Our own previous commit, and nobody committed since (the new state is ours+1).
+            return mark[1]
+        return _mark_at(txn, self._dbs["meta"], state)
 
     def _apply_dup_set(self, env: lmdb.Environment, txn: lmdb.Transaction, name: str,
                        adds: list, removes: list, id_floor: bytes, header: bytes,
@@ -702,6 +728,19 @@ class Storage:
         self._release_writer_lock()
 
 
+def _mark_at(txn: lmdb.Transaction, meta, state: int) -> bytes:
+    """``meta[MARK + S]`` of the latest S <= ``state``: object ids at or above it did not
+    exist at ``state``.  Marks are written only by commits that moved the next object id,
+    so the latest one at or before a state holds for it; before any mark, no id existed."""
+    cur = txn.cursor(db=meta)
+    # Keys after the marks exist (`state`, `uuid`), so set_range lands past them.
+    if cur.set_range(MARK + _pack_state(state + 1)) and cur.prev():
+        key = cur.key()
+        if len(key) == len(MARK) + 8 and key.startswith(MARK):
+            return cur.value()
+    return _pack_state(1)
+
+
 def _prefix_end(prefix: bytes) -> Optional[bytes]:
     """Smallest key greater than every key starting with ``prefix`` (None: no bound)."""
     stripped = prefix.rstrip(b"\xff")
@@ -785,7 +824,8 @@ class StorageView:
         """Object ids at or above this did not exist at the view's state."""
         floor = getattr(self, "_floor", None)
         if floor is None:
-            floor = self.base.meta_get(b"oids@" + _pack_state(self._state)) or _pack_state(1)
+            base = self.base
+            floor = _mark_at(base._rtxn, base._dbs["meta"], self._state)
             self._floor = floor
         return floor
 
