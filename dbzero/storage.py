@@ -46,8 +46,10 @@ VERSIONED_DBS = {"classes": 1, "objects": 2, "chunks": 3, "index": 4}
 DUP_DBS = {"tags": 5, "obj_tags": 6}
 PLAIN_DBS = ("meta", "history")
 # The journal of state S lives in `history` under JOURNAL + S: one B-tree fewer to write
-# per commit (each tree touched adds pages to the fsync).
+# per commit (each tree touched adds pages to the fsync).  Every commit writes one, so the
+# newest journal key (the last key of `history`) is also the current state (format 3).
 JOURNAL = b"\xff"
+_EMPTY_JOURNAL = msgpack.packb([])
 # meta[MARK + S]: the next object id after commit S, written when it moved (see _mark_at).
 MARK = b"oids@"
 DB_NAMES = tuple(VERSIONED_DBS) + tuple(DUP_DBS) + PLAIN_DBS
@@ -187,6 +189,8 @@ class Storage:
         self._rtxn: Optional[lmdb.Transaction] = None
         self._cursors: Dict[str, Any] = {}
         self._mark: Optional[Tuple[int, bytes]] = None    # (state, id mark) of our last commit
+        self._state_snapshot = -1       # LMDB txn id that _state_num was read from
+        self._state_num = 0
         self._pid = os.getpid()
         if not os.path.exists(self.path):
             if readonly or not create:
@@ -258,10 +262,9 @@ class Storage:
                 if version is None:
                     txn.put(b"format", _pack_state(FORMAT_VERSION), db=meta)
                     txn.put(b"uuid", os.urandom(7), db=meta)
-                    txn.put(b"state", _pack_state(1), db=meta)
                     txn.put(b"next_oid", _pack_state(1), db=meta)
                 elif _unpack_state(version)[0] in READABLE_VERSIONS[:-1]:
-                    txn.put(b"format", _pack_state(FORMAT_VERSION), db=meta)
+                    _upgrade_to_3(txn, meta, self._dbs["history"])
         else:
             for name in DB_NAMES:
                 try:
@@ -310,7 +313,14 @@ class Storage:
     @property
     def state(self) -> int:
         """The state number of the current read snapshot."""
-        return _unpack_state(self._rtxn.get(b"state", db=self._dbs["meta"]))[0]
+        txn = self._rtxn
+        # Keyed by LMDB's snapshot id, not the transaction object: holding that would keep
+        # a dropped snapshot open (sharing.py replaces _rtxn without aborting it).
+        snapshot = txn.id()
+        if snapshot != self._state_snapshot:
+            self._state_num = current_state(txn, self._dbs["meta"], self._dbs["history"])
+            self._state_snapshot = snapshot
+        return self._state_num
 
     def meta_get(self, key: bytes) -> Optional[bytes]:
         return self._rtxn.get(key, db=self._dbs["meta"])
@@ -461,7 +471,7 @@ class Storage:
         dbs = self._dbs
         with env.begin(write=True) as txn:
             meta, history = dbs["meta"], dbs["history"]
-            state = _unpack_state(txn.get(b"state", db=meta))[0] + 1
+            state = current_state(txn, meta, history) + 1
             header = _pack_state(state)
             # Ids at or above this were allocated after the previous commit: keys and set
             # memberships of such objects cannot have an earlier value, so they need no
@@ -544,14 +554,14 @@ class Storage:
                     txn.put(key, value, db=meta)
                     if key == b"next_oid":
                         next_oid = value
-            if journal or packed_journal:
-                txn.put(JOURNAL + header, join_journal(msgpack.packb(journal), packed_journal),
-                        db=history)
+            # Written even when empty: the newest journal key is the state number, which
+            # saves writing a `state` key into meta (one B-tree fewer per commit).
+            txn.put(JOURNAL + header, join_journal(msgpack.packb(journal), packed_journal)
+                    if packed_journal else msgpack.packb(journal), db=history)
             # A mark only when the next object id moved (format 3): most commits create
             # nothing, and a mark per state kept the meta tree growing.
             if next_oid != self._last_mark(txn, state - 1):
                 txn.put(MARK + header, next_oid, db=meta)
-            txn.put(b"state", header, db=meta)
         self._mark = (state, next_oid)
         return state
 
@@ -680,6 +690,7 @@ class Storage:
             try:
                 with env.begin(write=True) as txn:
                     hdb = self._dbs["history"]
+                    newest = current_state(txn, self._dbs["meta"], hdb)
                     for state in range(floor + 1, before + 1):
                         skey = JOURNAL + _pack_state(state)
                         raw = txn.get(skey, db=hdb)
@@ -687,7 +698,8 @@ class Storage:
                             continue
                         for db_id, key in msgpack.unpackb(raw):
                             removed += txn.delete(history_key(db_id, key, state), db=hdb)
-                        txn.delete(skey, db=hdb)
+                        if state != newest:     # the newest journal key is the state number
+                            txn.delete(skey, db=hdb)
                     txn.put(b"history_floor", _pack_state(before), db=self._dbs["meta"])
                 break
             except lmdb.MapFullError:
@@ -726,6 +738,31 @@ class Storage:
             self._env.close()
             self._env = None
         self._release_writer_lock()
+
+
+def current_state(txn: lmdb.Transaction, meta, history) -> int:
+    """The last committed state as seen by ``txn``: the state of the newest journal
+    (format 3), or meta `state` in a format 2 file not yet upgraded; 1 before any commit."""
+    legacy = txn.get(b"state", db=meta)
+    if legacy is not None:
+        return _unpack_state(legacy)[0]
+    cur = txn.cursor(db=history)
+    if cur.last():
+        key = cur.key()
+        if len(key) == len(JOURNAL) + 8 and key.startswith(JOURNAL):
+            return _unpack_state(key, len(JOURNAL))[0]
+    return 1
+
+
+def _upgrade_to_3(txn: lmdb.Transaction, meta, history) -> None:
+    """Format 2 -> 3 in place: the state moves from meta `state` to the newest journal
+    (format 2 wrote none for commits that overwrote nothing)."""
+    legacy = txn.get(b"state", db=meta)
+    if legacy is not None:
+        if txn.get(JOURNAL + legacy, db=history) is None:
+            txn.put(JOURNAL + legacy, _EMPTY_JOURNAL, db=history)
+        txn.delete(b"state", db=meta)
+    txn.put(b"format", _pack_state(FORMAT_VERSION), db=meta)
 
 
 def _mark_at(txn: lmdb.Transaction, meta, state: int) -> bytes:

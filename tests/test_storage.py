@@ -188,7 +188,8 @@ def _set_format(path, version):
 
 
 def test_format_2_is_read_and_upgraded(tmp_path):
-    # Format 2 wrote a mark at every state; read with the latest-mark rule that is the same.
+    # Format 2 kept the state in meta `state`, wrote no journal for commits that
+    # overwrote nothing, and a mark at every state (read by the latest-mark rule alike).
     path = str(tmp_path / "v2.db0")
     s = Storage(path, readonly=False)
     b = WriteBatch()
@@ -196,11 +197,37 @@ def test_format_2_is_read_and_upgraded(tmp_path):
     b.dup("tags", b"Ctag", oid(1), True)
     s.commit(b)
     s.close()
-    _set_format(path, 2)
+    env = lmdb.open(path, subdir=False, max_dbs=16)
+    with env.begin(write=True) as txn:
+        meta, history = env.open_db(b"meta", txn=txn), env.open_db(b"history", txn=txn)
+        assert txn.delete(storage.JOURNAL + oid(2), db=history)
+        txn.put(b"state", oid(2), db=meta)
+        txn.put(b"format", oid(2), db=meta)
+    env.close()
     s = Storage(path, readonly=True)
+    assert s.state == 2 and s.meta_get(b"format") == oid(2)
     assert StorageView(s, 2).dup_contains("tags", b"Ctag", oid(1))
-    assert s.meta_get(b"format") == oid(2)
     s.close()
     s = Storage(path, readonly=False)
     assert s.meta_get(b"format") == oid(storage.FORMAT_VERSION)
+    assert s.meta_get(b"state") is None and s.state == 2 and s.journal(2) == []
+    assert s.commit(WriteBatch()) == 3
     s.close()
+
+
+def test_every_commit_writes_its_journal(st):
+    # The newest journal key is the state number: commits that overwrite nothing and
+    # compaction up to the current state keep it.
+    b = WriteBatch()
+    b.put("objects", oid(1), b"one", fresh=True)
+    assert st.commit(b) == 2
+    assert st.meta_get(b"state") is None
+    with st._env.begin() as txn:
+        assert txn.get(storage.JOURNAL + oid(2), db=st._dbs["history"]) is not None
+    b = WriteBatch()
+    b.put("objects", oid(1), b"two")
+    assert st.commit(b) == 3
+    st.compact(3)
+    assert st.history_floor == 3 and st.state == 3
+    assert st.commit(WriteBatch()) == 4
+    assert StorageView(st, 3).get("objects", oid(1)) == b"two"
