@@ -26,7 +26,7 @@ def stat(path: str) -> int:
     env = _open(path)
     with env.begin() as txn:
         meta = env.open_db(b"meta", txn=txn, create=False)
-        state = current_state(txn, meta, env.open_db(b"history", txn=txn, create=False))
+        state = current_state(txn, env.open_db(b"history", txn=txn, create=False), meta)
         fmt = struct.unpack(">Q", txn.get(b"format", db=meta))[0]
         print(f"format {fmt}, state {state}, map size {env.info()['map_size']:,} bytes")
         for name in (b"classes", b"objects", b"chunks", b"index", b"tags", b"obj_tags", b"history"):

@@ -191,6 +191,9 @@ class Storage:
         self._mark: Optional[Tuple[int, bytes]] = None    # (state, id mark) of our last commit
         self._state_snapshot = -1       # LMDB txn id that _state_num was read from
         self._state_num = 0
+        # msgpack.packb builds a Packer per call; each commit packs a journal.  Not shared
+        # between storages: Packer.pack is not reentrant (see the class docstring on threads).
+        self._pack_journal = msgpack.Packer().pack
         self._pid = os.getpid()
         if not os.path.exists(self.path):
             if readonly or not create:
@@ -318,7 +321,9 @@ class Storage:
         # a dropped snapshot open (sharing.py replaces _rtxn without aborting it).
         snapshot = txn.id()
         if snapshot != self._state_snapshot:
-            self._state_num = current_state(txn, self._dbs["meta"], self._dbs["history"])
+            # Read-write opens upgrade format 2 files; only readers can meet meta `state`.
+            self._state_num = current_state(txn, self._dbs["history"],
+                                            self._dbs["meta"] if self.readonly else None)
             self._state_snapshot = snapshot
         return self._state_num
 
@@ -471,7 +476,7 @@ class Storage:
         dbs = self._dbs
         with env.begin(write=True) as txn:
             meta, history = dbs["meta"], dbs["history"]
-            state = current_state(txn, meta, history) + 1
+            state = current_state(txn, history) + 1
             header = _pack_state(state)
             # Ids at or above this were allocated after the previous commit: keys and set
             # memberships of such objects cannot have an earlier value, so they need no
@@ -491,22 +496,23 @@ class Storage:
                                dupdata=False)
             for name, ops in batch.puts.items():
                 db, db_id = dbs[name], VERSIONED_DBS[name]
+                history_prefix = bytes((db_id,))
+                cur = txn.cursor(db=db)
                 new_items = []
                 for key, value in ops.items():
-                    if (name, key) not in fresh:
-                        old = txn.get(key, db=db)
-                        if old is not None:
-                            if base_state is not None and _unpack_state(old)[0] > base_state:
-                                raise ConflictError(f"{self.path}: {name} key {key.hex()} was changed "
-                                                    f"by another writer after state {base_state}")
-                            txn.put(history_key(db_id, key, state), old, db=history)
-                            journal.append((db_id, key))
-                        if value is None:
-                            txn.delete(key, db=db)
-                        else:
-                            txn.put(key, header + value, db=db)
-                    elif value is not None:
-                        new_items.append((key, header + value))
+                    if fresh and (name, key) in fresh:
+                        if value is not None:
+                            new_items.append((key, header + value))
+                        continue
+                    # One call writes and returns the old value; a conflict raised after
+                    # it aborts the whole transaction.
+                    old = cur.pop(key) if value is None else cur.replace(key, header + value)
+                    if old is not None:
+                        if base_state is not None and _unpack_state(old)[0] > base_state:
+                            raise ConflictError(f"{self.path}: {name} key {key.hex()} was changed "
+                                                f"by another writer after state {base_state}")
+                        txn.put(history_prefix + key + header, old, db=history)
+                        journal.append((db_id, key))
                 if new_items:
                     self._put_many(txn, db, new_items, dupdata=False)
             for name, ops in batch.dups.items():
@@ -556,8 +562,9 @@ class Storage:
                         next_oid = value
             # Written even when empty: the newest journal key is the state number, which
             # saves writing a `state` key into meta (one B-tree fewer per commit).
-            txn.put(JOURNAL + header, join_journal(msgpack.packb(journal), packed_journal)
-                    if packed_journal else msgpack.packb(journal), db=history)
+            packed = self._pack_journal(journal)
+            txn.put(JOURNAL + header, join_journal(packed, packed_journal) if packed_journal
+                    else packed, db=history)
             # A mark only when the next object id moved (format 3): most commits create
             # nothing, and a mark per state kept the meta tree growing.
             if next_oid != self._last_mark(txn, state - 1):
@@ -690,7 +697,7 @@ class Storage:
             try:
                 with env.begin(write=True) as txn:
                     hdb = self._dbs["history"]
-                    newest = current_state(txn, self._dbs["meta"], hdb)
+                    newest = current_state(txn, hdb)
                     for state in range(floor + 1, before + 1):
                         skey = JOURNAL + _pack_state(state)
                         raw = txn.get(skey, db=hdb)
@@ -740,12 +747,14 @@ class Storage:
         self._release_writer_lock()
 
 
-def current_state(txn: lmdb.Transaction, meta, history) -> int:
+def current_state(txn: lmdb.Transaction, history, meta=None) -> int:
     """The last committed state as seen by ``txn``: the state of the newest journal
-    (format 3), or meta `state` in a format 2 file not yet upgraded; 1 before any commit."""
-    legacy = txn.get(b"state", db=meta)
-    if legacy is not None:
-        return _unpack_state(legacy)[0]
+    (format 3), or, given ``meta``, its `state` in a format 2 file not yet upgraded; 1
+    before any commit."""
+    if meta is not None:
+        legacy = txn.get(b"state", db=meta)
+        if legacy is not None:
+            return _unpack_state(legacy)[0]
     cur = txn.cursor(db=history)
     if cur.last():
         key = cur.key()
