@@ -480,7 +480,7 @@ class Storage:
             header = _pack_state(state)
             # Ids at or above this were allocated after the previous commit: keys and set
             # memberships of such objects cannot have an earlier value, so they need no
-            # history (a view at an older state filters them by this per-state mark).
+            # history (a view at an older state filters them by its id mark, _mark_at).
             id_floor = txn.get(b"next_oid", db=meta)
             journal: List[Tuple[int, bytes]] = []
             fresh = batch.fresh
