@@ -15,6 +15,8 @@ import sys
 import lmdb
 import msgpack
 
+from .storage import current_state
+
 
 def _open(path: str) -> lmdb.Environment:
     return lmdb.open(path, subdir=False, readonly=True, lock=True, max_dbs=16, max_readers=2048)
@@ -24,7 +26,7 @@ def stat(path: str) -> int:
     env = _open(path)
     with env.begin() as txn:
         meta = env.open_db(b"meta", txn=txn, create=False)
-        state = struct.unpack(">Q", txn.get(b"state", db=meta))[0]
+        state = current_state(txn, env.open_db(b"history", txn=txn, create=False), meta)
         fmt = struct.unpack(">Q", txn.get(b"format", db=meta))[0]
         print(f"format {fmt}, state {state}, map size {env.info()['map_size']:,} bytes")
         for name in (b"classes", b"objects", b"chunks", b"index", b"tags", b"obj_tags", b"history"):

@@ -23,6 +23,8 @@ import struct
 import weakref
 from typing import Any, Dict, Iterable, List, Optional, Set
 
+import msgpack
+
 from dbzero_ext import memo as _memo
 from dbzero_ext.codec import ABSENT, EXT_CODES, Codec
 from dbzero_ext.core import ClassInfo, PrefixCore, RCDIRTY
@@ -141,7 +143,6 @@ class Prefix(PrefixCore):
     # -- classes -------------------------------------------------------------------
 
     def _load_classes(self) -> None:
-        import msgpack
         for key, value in self.storage.scan("classes", b""):
             rec = msgpack.unpackb(value, raw=False)
             class_id = _CLS.unpack(key)[0]
@@ -462,7 +463,6 @@ class Prefix(PrefixCore):
         for hook in self.index_hooks:
             hook(batch)
         self.tags.flush(batch)
-        import msgpack
         for info in self._classes_by_id.values():
             if info.dirty:
                 batch.put("classes", _CLS.pack(info.class_id), msgpack.packb(info.record()))

@@ -36,15 +36,22 @@ from dbzero_ext.tagstore import first_of_each_key, join_journal, membership_hist
 
 from .errors import ConflictError, FormatError, PrefixLockedError, PrefixNotFoundError, StorageError
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+# Format 2 files differ only in having a mark for every state: read as they are, and
+# upgraded in place by the first read-write open.
+READABLE_VERSIONS = (2, FORMAT_VERSION)
 
 # Sub-database ids are part of the format (history keys start with them).
 VERSIONED_DBS = {"classes": 1, "objects": 2, "chunks": 3, "index": 4}
 DUP_DBS = {"tags": 5, "obj_tags": 6}
 PLAIN_DBS = ("meta", "history")
 # The journal of state S lives in `history` under JOURNAL + S: one B-tree fewer to write
-# per commit (each tree touched adds pages to the fsync).
+# per commit (each tree touched adds pages to the fsync).  Every commit writes one, so the
+# newest journal key (the last key of `history`) is also the current state (format 3).
 JOURNAL = b"\xff"
+_EMPTY_JOURNAL = msgpack.packb([])
+# meta[MARK + S]: the next object id after commit S, written when it moved (see _mark_at).
+MARK = b"oids@"
 DB_NAMES = tuple(VERSIONED_DBS) + tuple(DUP_DBS) + PLAIN_DBS
 
 _STATE = struct.Struct(">Q")
@@ -181,6 +188,12 @@ class Storage:
         self._env: Optional[lmdb.Environment] = None
         self._rtxn: Optional[lmdb.Transaction] = None
         self._cursors: Dict[str, Any] = {}
+        self._mark: Optional[Tuple[int, bytes]] = None    # (state, id mark) of our last commit
+        self._state_snapshot = -1       # LMDB txn id that _state_num was read from
+        self._state_num = 0
+        # msgpack.packb builds a Packer per call; each commit packs a journal.  Not shared
+        # between storages: Packer.pack is not reentrant (see the class docstring on threads).
+        self._pack_journal = msgpack.Packer().pack
         self._pid = os.getpid()
         if not os.path.exists(self.path):
             if readonly or not create:
@@ -252,8 +265,9 @@ class Storage:
                 if version is None:
                     txn.put(b"format", _pack_state(FORMAT_VERSION), db=meta)
                     txn.put(b"uuid", os.urandom(7), db=meta)
-                    txn.put(b"state", _pack_state(1), db=meta)
                     txn.put(b"next_oid", _pack_state(1), db=meta)
+                elif _unpack_state(version)[0] in READABLE_VERSIONS[:-1]:
+                    _upgrade_to_3(txn, meta, self._dbs["history"])
         else:
             for name in DB_NAMES:
                 try:
@@ -263,13 +277,13 @@ class Storage:
                     raise FormatError(f"{self.path} is not a dbzero prefix file (no '{name}' table)") from None
         self._rtxn = self._env.begin(buffers=False)
         version = self._rtxn.get(b"format", db=self._dbs["meta"])
-        if version is None or _unpack_state(version)[0] != FORMAT_VERSION:
+        if version is None or _unpack_state(version)[0] not in READABLE_VERSIONS:
             found = _unpack_state(version)[0] if version else None
             self._rtxn.abort()
             self._env.close()
             self._env = self._rtxn = None
             raise FormatError(f"{self.path}: unsupported format version {found} "
-                              f"(this dbzero reads version {FORMAT_VERSION})")
+                              f"(this dbzero reads versions {', '.join(map(str, READABLE_VERSIONS))})")
         self.prefix_uuid: bytes = self._rtxn.get(b"uuid", db=self._dbs["meta"])
         self._objects_db = self._dbs["objects"]     # read directly by dbzero_ext/core.pyx
 
@@ -302,7 +316,16 @@ class Storage:
     @property
     def state(self) -> int:
         """The state number of the current read snapshot."""
-        return _unpack_state(self._rtxn.get(b"state", db=self._dbs["meta"]))[0]
+        txn = self._rtxn
+        # Keyed by LMDB's snapshot id, not the transaction object: holding that would keep
+        # a dropped snapshot open (sharing.py replaces _rtxn without aborting it).
+        snapshot = txn.id()
+        if snapshot != self._state_snapshot:
+            # Read-write opens upgrade format 2 files; only readers can meet meta `state`.
+            self._state_num = current_state(txn, self._dbs["history"],
+                                            self._dbs["meta"] if self.readonly else None)
+            self._state_snapshot = snapshot
+        return self._state_num
 
     def meta_get(self, key: bytes) -> Optional[bytes]:
         return self._rtxn.get(key, db=self._dbs["meta"])
@@ -453,11 +476,11 @@ class Storage:
         dbs = self._dbs
         with env.begin(write=True) as txn:
             meta, history = dbs["meta"], dbs["history"]
-            state = _unpack_state(txn.get(b"state", db=meta))[0] + 1
+            state = current_state(txn, history) + 1
             header = _pack_state(state)
             # Ids at or above this were allocated after the previous commit: keys and set
             # memberships of such objects cannot have an earlier value, so they need no
-            # history (a view at an older state filters them by this per-state mark).
+            # history (a view at an older state filters them by its id mark, _mark_at).
             id_floor = txn.get(b"next_oid", db=meta)
             journal: List[Tuple[int, bytes]] = []
             fresh = batch.fresh
@@ -473,22 +496,23 @@ class Storage:
                                dupdata=False)
             for name, ops in batch.puts.items():
                 db, db_id = dbs[name], VERSIONED_DBS[name]
+                history_prefix = bytes((db_id,))
+                cur = txn.cursor(db=db)
                 new_items = []
                 for key, value in ops.items():
-                    if (name, key) not in fresh:
-                        old = txn.get(key, db=db)
-                        if old is not None:
-                            if base_state is not None and _unpack_state(old)[0] > base_state:
-                                raise ConflictError(f"{self.path}: {name} key {key.hex()} was changed "
-                                                    f"by another writer after state {base_state}")
-                            txn.put(history_key(db_id, key, state), old, db=history)
-                            journal.append((db_id, key))
-                        if value is None:
-                            txn.delete(key, db=db)
-                        else:
-                            txn.put(key, header + value, db=db)
-                    elif value is not None:
-                        new_items.append((key, header + value))
+                    if fresh and (name, key) in fresh:
+                        if value is not None:
+                            new_items.append((key, header + value))
+                        continue
+                    # One call writes and returns the old value; a conflict raised after
+                    # it aborts the whole transaction.
+                    old = cur.pop(key) if value is None else cur.replace(key, header + value)
+                    if old is not None:
+                        if base_state is not None and _unpack_state(old)[0] > base_state:
+                            raise ConflictError(f"{self.path}: {name} key {key.hex()} was changed "
+                                                f"by another writer after state {base_state}")
+                        txn.put(history_prefix + key + header, old, db=history)
+                        journal.append((db_id, key))
                 if new_items:
                     self._put_many(txn, db, new_items, dupdata=False)
             for name, ops in batch.dups.items():
@@ -528,14 +552,33 @@ class Storage:
                 finally:
                     if collecting:
                         gc.enable()
+            next_oid = id_floor
             for key, value in batch.meta.items():
-                txn.put(key, value, db=meta)
-            if journal or packed_journal:
-                txn.put(JOURNAL + header, join_journal(msgpack.packb(journal), packed_journal),
-                        db=history)
-            txn.put(b"oids@" + header, txn.get(b"next_oid", db=meta), db=meta)
-            txn.put(b"state", header, db=meta)
+                # An unchanged value is not rewritten: each meta leaf a commit touches is
+                # one more page to write and fsync (next_oid rarely moves).
+                if value != (next_oid if key == b"next_oid" else txn.get(key, db=meta)):
+                    txn.put(key, value, db=meta)
+                    if key == b"next_oid":
+                        next_oid = value
+            # Written even when empty: the newest journal key is the state number, which
+            # saves writing a `state` key into meta (one B-tree fewer per commit).
+            packed = self._pack_journal(journal)
+            txn.put(JOURNAL + header, join_journal(packed, packed_journal) if packed_journal
+                    else packed, db=history)
+            # A mark only when the next object id moved (format 3): most commits create
+            # nothing, and a mark per state kept the meta tree growing.
+            if next_oid != self._last_mark(txn, state - 1):
+                txn.put(MARK + header, next_oid, db=meta)
+        self._mark = (state, next_oid)
         return state
+
+    def _last_mark(self, txn: lmdb.Transaction, state: int) -> bytes:
+        """The id mark in force at ``state`` as seen by ``txn``."""
+        mark = self._mark
+        if mark is not None and mark[0] == state:
+            # Our own previous commit, and nobody committed since (the new state is ours+1).
+            return mark[1]
+        return _mark_at(txn, self._dbs["meta"], state)
 
     def _apply_dup_set(self, env: lmdb.Environment, txn: lmdb.Transaction, name: str,
                        adds: list, removes: list, id_floor: bytes, header: bytes,
@@ -655,6 +698,7 @@ class Storage:
             try:
                 with env.begin(write=True) as txn:
                     hdb = self._dbs["history"]
+                    newest = current_state(txn, hdb)
                     for state in range(floor + 1, before + 1):
                         skey = JOURNAL + _pack_state(state)
                         raw = txn.get(skey, db=hdb)
@@ -662,7 +706,8 @@ class Storage:
                             continue
                         for db_id, key in msgpack.unpackb(raw):
                             removed += txn.delete(history_key(db_id, key, state), db=hdb)
-                        txn.delete(skey, db=hdb)
+                        if state != newest:     # the newest journal key is the state number
+                            txn.delete(skey, db=hdb)
                     txn.put(b"history_floor", _pack_state(before), db=self._dbs["meta"])
                 break
             except lmdb.MapFullError:
@@ -701,6 +746,46 @@ class Storage:
             self._env.close()
             self._env = None
         self._release_writer_lock()
+
+
+def current_state(txn: lmdb.Transaction, history, meta=None) -> int:
+    """The last committed state as seen by ``txn``: the state of the newest journal
+    (format 3), or, given ``meta``, its `state` in a format 2 file not yet upgraded; 1
+    before any commit."""
+    if meta is not None:
+        legacy = txn.get(b"state", db=meta)
+        if legacy is not None:
+            return _unpack_state(legacy)[0]
+    cur = txn.cursor(db=history)
+    if cur.last():
+        key = cur.key()
+        if len(key) == len(JOURNAL) + 8 and key.startswith(JOURNAL):
+            return _unpack_state(key, len(JOURNAL))[0]
+    return 1
+
+
+def _upgrade_to_3(txn: lmdb.Transaction, meta, history) -> None:
+    """Format 2 -> 3 in place: the state moves from meta `state` to the newest journal
+    (format 2 wrote none for commits that overwrote nothing)."""
+    legacy = txn.get(b"state", db=meta)
+    if legacy is not None:
+        if txn.get(JOURNAL + legacy, db=history) is None:
+            txn.put(JOURNAL + legacy, _EMPTY_JOURNAL, db=history)
+        txn.delete(b"state", db=meta)
+    txn.put(b"format", _pack_state(FORMAT_VERSION), db=meta)
+
+
+def _mark_at(txn: lmdb.Transaction, meta, state: int) -> bytes:
+    """``meta[MARK + S]`` of the latest S <= ``state``: object ids at or above it did not
+    exist at ``state``.  Marks are written only by commits that moved the next object id,
+    so the latest one at or before a state holds for it; before any mark, no id existed."""
+    cur = txn.cursor(db=meta)
+    # Keys after the marks exist (`state`, `uuid`), so set_range lands past them.
+    if cur.set_range(MARK + _pack_state(state + 1)) and cur.prev():
+        key = cur.key()
+        if len(key) == len(MARK) + 8 and key.startswith(MARK):
+            return cur.value()
+    return _pack_state(1)
 
 
 def _prefix_end(prefix: bytes) -> Optional[bytes]:
@@ -786,7 +871,8 @@ class StorageView:
         """Object ids at or above this did not exist at the view's state."""
         floor = getattr(self, "_floor", None)
         if floor is None:
-            floor = self.base.meta_get(b"oids@" + _pack_state(self._state)) or _pack_state(1)
+            base = self.base
+            floor = _mark_at(base._rtxn, base._dbs["meta"], self._state)
             self._floor = floor
         return floor
 

@@ -133,3 +133,101 @@ def test_compaction_removes_history(st):
     assert StorageView(st, 4).get("objects", oid(1)) == bytes([2])
     assert all(st.journal(state) == [] for state in range(1, 5))
     assert st.journal(6) != []
+
+
+def _meta_keys(st):
+    with st._env.begin() as txn:
+        return [key for key, _ in txn.cursor(db=st._dbs["meta"])]
+
+
+def test_id_marks_only_when_the_next_id_moves(st):
+    b = WriteBatch()
+    b.meta[b"next_oid"] = oid(11)
+    for i in range(1, 11):
+        b.dup("tags", b"Ctag", oid(i), True)
+    assert st.commit(b) == 2
+    for v in range(3):      # states 3-5 create nothing: no mark, no next_oid rewrite
+        b = WriteBatch()
+        b.meta[b"next_oid"] = oid(11)
+        b.put("objects", oid(1), bytes([v]), fresh=v == 0)
+        st.commit(b)
+    assert [k for k in _meta_keys(st) if k.startswith(storage.MARK)] == [storage.MARK + oid(2)]
+    # The mark of state 2 holds for 3-5; ids 11.. did not exist at any of them.
+    b = WriteBatch()
+    b.meta[b"next_oid"] = oid(13)
+    b.dup("tags", b"Ctag", oid(11), True)
+    b.dup("tags", b"Ctag", oid(12), True)
+    assert st.commit(b) == 6
+    for state in (3, 5):
+        assert StorageView(st, state).dup_count("tags", b"Ctag") == 10
+        assert not StorageView(st, state).dup_contains("tags", b"Ctag", oid(11))
+    assert StorageView(st, 6).dup_count("tags", b"Ctag") == 12
+    assert StorageView(st, 1).dup_count("tags", b"Ctag") == 0
+
+
+def test_ids_reserved_between_commits_get_a_mark(st):
+    # Shared writers reserve ids outside commits (allocate_ids) and leave next_oid out of
+    # the batch: the commit that uses them must still mark them as existing.
+    b = WriteBatch()
+    b.meta[b"next_oid"] = oid(3)
+    b.dup("tags", b"Ctag", oid(1), True)
+    assert st.commit(b) == 2
+    assert st.allocate_ids(10) == 3
+    b = WriteBatch()
+    b.dup("tags", b"Ctag", oid(3), True)
+    assert st.commit(b) == 3
+    assert StorageView(st, 3).dup_contains("tags", b"Ctag", oid(3))
+    assert not StorageView(st, 2).dup_contains("tags", b"Ctag", oid(3))
+
+
+def _set_format(path, version):
+    env = lmdb.open(path, subdir=False, max_dbs=16)
+    with env.begin(write=True) as txn:
+        txn.put(b"format", struct.pack(">Q", version), db=env.open_db(b"meta", txn=txn))
+    env.close()
+
+
+def test_format_2_is_read_and_upgraded(tmp_path):
+    # Format 2 kept the state in meta `state`, wrote no journal for commits that
+    # overwrote nothing, and a mark at every state (read by the latest-mark rule alike).
+    path = str(tmp_path / "v2.db0")
+    s = Storage(path, readonly=False)
+    b = WriteBatch()
+    b.meta[b"next_oid"] = oid(2)
+    b.dup("tags", b"Ctag", oid(1), True)
+    s.commit(b)
+    s.close()
+    env = lmdb.open(path, subdir=False, max_dbs=16)
+    with env.begin(write=True) as txn:
+        meta, history = env.open_db(b"meta", txn=txn), env.open_db(b"history", txn=txn)
+        assert txn.delete(storage.JOURNAL + oid(2), db=history)
+        txn.put(b"state", oid(2), db=meta)
+        txn.put(b"format", oid(2), db=meta)
+    env.close()
+    s = Storage(path, readonly=True)
+    assert s.state == 2 and s.meta_get(b"format") == oid(2)
+    assert StorageView(s, 2).dup_contains("tags", b"Ctag", oid(1))
+    s.close()
+    s = Storage(path, readonly=False)
+    assert s.meta_get(b"format") == oid(storage.FORMAT_VERSION)
+    assert s.meta_get(b"state") is None and s.state == 2 and s.journal(2) == []
+    assert s.commit(WriteBatch()) == 3
+    s.close()
+
+
+def test_every_commit_writes_its_journal(st):
+    # The newest journal key is the state number: commits that overwrite nothing and
+    # compaction up to the current state keep it.
+    b = WriteBatch()
+    b.put("objects", oid(1), b"one", fresh=True)
+    assert st.commit(b) == 2
+    assert st.meta_get(b"state") is None
+    with st._env.begin() as txn:
+        assert txn.get(storage.JOURNAL + oid(2), db=st._dbs["history"]) is not None
+    b = WriteBatch()
+    b.put("objects", oid(1), b"two")
+    assert st.commit(b) == 3
+    st.compact(3)
+    assert st.history_floor == 3 and st.state == 3
+    assert st.commit(WriteBatch()) == 4
+    assert StorageView(st, 3).get("objects", oid(1)) == b"two"

@@ -5,6 +5,7 @@ import os
 import pytest
 
 import dbzero as db0
+from dbzero import storage
 from conftest import run_python
 
 
@@ -62,7 +63,7 @@ def test_cli(db, root):
     db0.commit()
     path = os.path.join(root, "test.db0")
     out = run_python(f"import sys; from dbzero.__main__ import main; sys.exit(main(['stat', {path!r}]))")
-    assert "objects" in out.stdout and "format 2" in out.stdout
+    assert "objects" in out.stdout and f"format {storage.FORMAT_VERSION}" in out.stdout
     out = run_python(f"import sys; from dbzero.__main__ import main; sys.exit(main(['dump', {path!r}]))")
     assert "tools.Item" in out.stdout and "'v': 3" in out.stdout
     out = run_python(f"import sys; from dbzero.__main__ import main; sys.exit(main(['readers', {path!r}]))")
