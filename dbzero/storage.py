@@ -485,8 +485,12 @@ class Storage:
             journal: List[Tuple[int, bytes]] = []
             fresh = batch.fresh
             if batch.fresh_objects:
-                self._put_many(txn, dbs["objects"], with_header(header, batch.fresh_objects),
-                               dupdata=False)
+                # Sorted new ids past the table's last key (the usual case) go in with
+                # MDB_APPEND: no B-tree search per record.
+                objects = dbs["objects"]
+                fresh_items = with_header(header, batch.fresh_objects)
+                self._put_many(txn, objects, fresh_items, dupdata=False,
+                               append=self._appendable(txn, objects, fresh_items, False))
             if batch.in_place_full:
                 self._put_many(txn, dbs["objects"], batch.in_place_full, dupdata=False)
             if batch.in_place:
@@ -596,7 +600,8 @@ class Storage:
         if adds:
             old, new = split_by_floor(adds, id_floor, member_is_value)
             if new:
-                self._put_many(txn, db, new, dupdata=True)
+                self._put_many(txn, db, new, dupdata=True,
+                               append=self._appendable(txn, db, new, member_is_value))
             if old:
                 added = self._put_new(env, txn, db, old, member_is_value)
         if added or removed:
@@ -614,15 +619,9 @@ class Storage:
         is redone in chunks the same way, and only a chunk that is itself mixed is put one
         pair at a time.
         """
-        # APPENDDUP skips the search inside each key's duplicates; it is safe when every
-        # key's new values all sort after its current last one.  Then no pair can be
-        # present yet either, and no nested transaction is needed.  Checked per key for
-        # `tags` (few keys); for `obj_tags` (one key per object) only when the run starts
-        # past the table's last key (tagging recently created objects).
-        cur = txn.cursor(db=db)
-        if (not cur.last() or cur.key() < pairs[0][0]) or \
-                (may_append and all(not cur.set_key(key) or (cur.last_dup() and cur.value() < first)
-                                    for key, first in first_of_each_key(pairs))):
+        # When appending is safe no pair can be present yet either, and no nested
+        # transaction is needed.
+        if self._appendable(txn, db, pairs, may_append):
             self._put_many(txn, db, pairs, dupdata=False, append=True)
             return pairs
         child = env.begin(write=True, parent=txn)
@@ -643,6 +642,21 @@ class Storage:
                 added += self._put_new(env, txn, db, pairs[lo:lo + chunk], may_append, chunk)
             return added
         return [pair for pair in pairs if txn.put(pair[0], pair[1], dupdata=False, db=db)]
+
+    @staticmethod
+    def _appendable(txn: lmdb.Transaction, db, pairs, per_key: bool) -> bool:
+        """May the sorted, repeat-free ``pairs`` go into ``db`` with MDB_APPEND(DUP)?
+
+        APPEND skips the B-tree search per key and APPENDDUP the search inside a key's
+        duplicates; they are safe when the run starts past the table's last key, or
+        (``per_key``, for tables with few keys) when each key's new values all sort after
+        its current last one.
+        """
+        cur = txn.cursor(db=db)
+        if not cur.last() or cur.key() < pairs[0][0]:
+            return True
+        return per_key and all(not cur.set_key(key) or (cur.last_dup() and cur.value() < first)
+                               for key, first in first_of_each_key(pairs))
 
     @staticmethod
     def _put_many(txn: lmdb.Transaction, db, items: list, dupdata: bool,
