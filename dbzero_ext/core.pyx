@@ -19,6 +19,7 @@ from cpython.weakref cimport PyWeakref_NewRef, PyWeakref_GetObject
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport malloc, free
 
+from dbzero_ext.tagstore cimport TagStore
 from dbzero_ext.memo cimport (MemoBase, ProxyMap, gc_track_by_content, F_CLOSED, F_DEAD,
                               F_DIRTY, F_GHOST, F_INIT, F_NEW, F_RCDIRTY, F_READONLY,
                               F_RUNNING_INIT)
@@ -678,9 +679,9 @@ cdef class PrefixCore(ProxyMap):
             else:
                 tags = <object>found
             if tags:
-                add = self.tags.add_to_new
-                for tag in tags:
-                    add(key, tag)
+                store = <TagStore?>self.tags
+                for tag in <list>tags:
+                    store.add_new(oid, <bytes>tag)
         if self.atomic_log is not None:
             self.atomic_log.created(obj)
         return obj

@@ -64,10 +64,7 @@ cdef enum:
     OP_NO_TAGS = 4          # write the `obj_tags` entry only
     OP_SHIFT = 3
 
-cdef struct Op:
-    uint64_t oid
-    uint32_t tag            # index into TagStore._keys (sort rank during flush)
-    uint32_t seq            # position in the log << 3 | OP_* bits
+# Op (one logged operation) is declared in tagstore.pxd.
 
 
 cdef inline bytes _pack_oid(uint64_t oid):
@@ -111,17 +108,7 @@ cdef class TagStore:
     """Tag membership of one prefix: committed postings in LMDB plus a log of pending
     operations (see the module docstring).  Tag keys are bytes, members object ids."""
 
-    cdef public object px
-    cdef list _keys             # interned tag keys, by index
-    cdef dict _key_index        # tag key -> index in _keys
-    cdef dict _str_index        # str tag -> index (short keys only: see add_str)
-    cdef Op* _ops
-    cdef Py_ssize_t _n, _cap
-    # Read index over the log (built lazily): oid -> {tag: present}, tag -> {oid: present}.
-    cdef dict _by_obj
-    cdef dict _by_tag
-    cdef Py_ssize_t _indexed    # log entries already reflected in the read index
-    cdef object _lock, _acquire, _release   # the prefix lock and its bound methods
+    # Fields are declared in tagstore.pxd.
 
     def __cinit__(self, px=None):
         self.px = px
@@ -139,7 +126,7 @@ cdef class TagStore:
 
     # -- recording -------------------------------------------------------------------
 
-    cdef inline uint32_t _intern(self, bytes key) except? 0xFFFFFFFF:
+    cdef uint32_t _intern(self, bytes key) except? 0xFFFFFFFF:
         cdef PyObject* found = PyDict_GetItem(self._key_index, key)
         if found is not NULL:
             return <uint32_t><Py_ssize_t><object>found
@@ -157,7 +144,7 @@ cdef class TagStore:
         self._cap = cap
         return 0
 
-    cdef inline int _log(self, uint64_t oid, uint32_t tag, unsigned int flags) except -1:
+    cdef int _log(self, uint64_t oid, uint32_t tag, unsigned int flags) except -1:
         if self._n == self._cap:
             self._grow()
         cdef Op* op = &self._ops[self._n]
@@ -169,7 +156,10 @@ cdef class TagStore:
 
     def add_to_new(self, oid, bytes tag):
         """Give a new object one of its default class tags (a `tags` posting only)."""
-        self._log(oid, self._intern(tag), OP_PRESENT | OP_NO_OBJ_TAGS)
+        self.add_new(oid, tag)
+
+    cdef int add_new(self, uint64_t oid, bytes tag) except -1:
+        return self._log(oid, self._intern(tag), OP_PRESENT | OP_NO_OBJ_TAGS)
 
     def set(self, oid, bytes tag, bint present, committed=None):
         """Record that ``oid`` does (not) carry ``tag``.  Blind: nothing is looked up; the
