@@ -455,7 +455,7 @@ class Prefix(PrefixCore):
 
     def _write_commit(self) -> bool:
         batch = WriteBatch()
-        self.pack_dirty(batch)
+        self.pack_dirty(batch, self.storage.next_header())
         for oid, obj in self.pending_deletes.items():
             batch.delete("objects", pack_oid(oid))
             if not isinstance(obj, MemoBase):

@@ -112,7 +112,7 @@ class WriteBatch:
     """
 
     __slots__ = ("puts", "dups", "meta", "fresh", "in_place", "in_place_full", "fresh_objects",
-                 "dup_sets")
+                 "fresh_header", "dup_sets")
 
     def __init__(self) -> None:
         self.puts: Dict[str, Dict[bytes, Optional[bytes]]] = {}
@@ -127,6 +127,8 @@ class WriteBatch:
         self.in_place_full: List[Tuple[bytes, bytes]] = []
         # (key, value) of objects created since the last commit, in id order: no history.
         self.fresh_objects: List[Tuple[bytes, bytes]] = []
+        # The write-state header the fresh_objects values already start with (None: none).
+        self.fresh_header: Optional[bytes] = None
 
     def put(self, db: str, key: bytes, value: Optional[bytes], fresh: bool = False) -> None:
         self.puts.setdefault(db, {})[key] = value
@@ -488,7 +490,11 @@ class Storage:
                 # Sorted new ids past the table's last key (the usual case) go in with
                 # MDB_APPEND: no B-tree search per record.
                 objects = dbs["objects"]
-                fresh_items = with_header(header, batch.fresh_objects)
+                fresh_items = batch.fresh_objects
+                if batch.fresh_header != header:
+                    # Packed for another state (a shared writer committed meanwhile).
+                    fresh_items = with_header(header, fresh_items,
+                                              len(batch.fresh_header or b""))
                 self._put_many(txn, objects, fresh_items, dupdata=False,
                                append=self._appendable(txn, objects, fresh_items, False))
             if batch.in_place_full:
@@ -674,6 +680,11 @@ class Storage:
         self._rtxn.abort()
         env.set_mapsize(new_size)
         self._rtxn = env.begin(buffers=False)
+
+    def next_header(self) -> bytes:
+        """The write-state header of the next commit, as this process sees the file now
+        (``_commit_once`` checks it: another writer may commit first)."""
+        return _pack_state(self.state + 1)
 
     def history_scan(self, db: str, key: bytes, after_state: int) -> Optional[Tuple[int, bytes]]:
         """First history entry of ``key`` with a state greater than ``after_state``."""

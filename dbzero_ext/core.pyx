@@ -692,9 +692,10 @@ cdef class PrefixCore(ProxyMap):
 
     # -- commit ----------------------------------------------------------------------
 
-    def pack_dirty(self, batch):
+    def pack_dirty(self, batch, bytes fresh_header=None):
         """Encode every dirty object into ``batch``: new records go to
-        ``batch.fresh_objects`` (key, value) in id order, changed ones to ``puts``."""
+        ``batch.fresh_objects`` (key, value) in id order, their values starting with
+        ``fresh_header`` (recorded as ``batch.fresh_header``), changed ones to ``puts``."""
         cdef dict objects = batch.puts.setdefault("objects", {})
         cdef list fresh = batch.fresh_objects
         cdef list in_place = batch.in_place
@@ -704,23 +705,24 @@ cdef class PrefixCore(ProxyMap):
         cdef ClassInfo info
         cdef int flags
         pack = self.codec.pack
+        batch.fresh_header = fresh_header
         for oid, obj in self.dirty.items():
             if isinstance(obj, MemoBase):
                 m = <MemoBase>obj
                 info = self._info_of_class(type(m))
                 key = _pack_oid(m._oid)
-                value = _pack_record(m, info, pack)
                 flags = m._flags
                 if flags & F_NEW:
-                    fresh.append((key, value))
-                elif not flags & F_DIRTY and rc_in_place:
+                    fresh.append((key, _pack_record(m, info, pack, fresh_header)))
+                    continue
+                if not flags & F_DIRTY and rc_in_place:
                     # Only the reference count changed: rewritten keeping its write state.
                     if m._wstate:
-                        rewrites.append((key, _pack_oid(m._wstate) + value))
+                        rewrites.append((key, _pack_record(m, info, pack, _pack_oid(m._wstate))))
                     else:
-                        in_place.append((key, value))
+                        in_place.append((key, _pack_record(m, info, pack)))
                 else:
-                    objects[key] = value
+                    objects[key] = _pack_record(m, info, pack)
             else:
                 obj._db0_flush(batch)
 
@@ -927,12 +929,12 @@ def make_init(type gen):
     return __init__
 
 
-def with_header(bytes header, list items):
-    """``[(key, header + value)]`` for ``[(key, value)]`` (versioned values carry their
-    write state in front)."""
+def with_header(bytes header, list items, Py_ssize_t skip=0):
+    """``[(key, header + value[skip:])]`` for ``[(key, value)]`` (versioned values carry
+    their write state in front; ``skip`` drops a header they already have)."""
     cdef list out = []
     for key, value in items:
-        out.append((key, header + value))
+        out.append((key, header + value[skip:] if skip else header + value))
     return out
 
 

@@ -261,9 +261,9 @@ cdef int _write_value(object v, object pack) except -1:
     return _put_raw(PyBytes_AS_STRING(packed), PyBytes_GET_SIZE(packed))
 
 
-cdef bytes _pack_record(MemoBase obj, ClassInfo info, object pack):
+cdef bytes _pack_record(MemoBase obj, ClassInfo info, object pack, bytes prefix=None):
     """``msgpack([class_id, refcount, slot...])`` of a memo object (trailing absent slots
-    dropped); field names not in the class layout yet extend it."""
+    dropped), after ``prefix`` if given; field names not in the class layout yet extend it."""
     global _wlen
     cdef dict d = _dict_of(obj)
     cdef dict index = info.field_index
@@ -280,6 +280,8 @@ cdef bytes _pack_record(MemoBase obj, ClassInfo info, object pack):
             top = idx
     fields = info.fields
     try:
+        if prefix is not None:
+            _put_raw(PyBytes_AS_STRING(prefix), PyBytes_GET_SIZE(prefix))
         k = top + 3
         if k < 16:
             _put_header(0x90 | k, 0, 0)

@@ -255,3 +255,42 @@ def test_new_records_and_members_out_of_append_order(st):
     assert st.dup_values("tags", b"Ctag") == b"".join(oid(i) for i in (5, 6, 90, 101))
     assert st.dup_values("tags", b"Btag") == oid(5)
     assert StorageView(st, 2).dup_values("tags", b"Ctag") == oid(90)
+
+
+def test_fresh_records_packed_for_another_state_are_rewritten(st):
+    """Records are packed with the header of the state the writer expects; if another
+    writer committed first, the commit re-heads them instead of storing a wrong state."""
+    b = WriteBatch()
+    b.meta[b"next_oid"] = oid(10)
+    b.fresh_objects = [(oid(1), storage._pack_state(st.state + 1) + b"one")]
+    b.fresh_header = st.next_header()
+    assert st.commit(b) == 2
+    assert st.get_versioned("objects", oid(1)) == (2, b"one")
+    b = WriteBatch()
+    b.meta[b"next_oid"] = oid(11)
+    b.fresh_objects = [(oid(2), storage._pack_state(7) + b"two")]
+    b.fresh_header = storage._pack_state(7)         # a stale guess
+    assert st.commit(b) == 3
+    assert st.get_versioned("objects", oid(2)) == (3, b"two")
+
+
+def test_memo_commits_use_the_packed_headers(tmp_path, monkeypatch):
+    import dbzero as db0
+
+    @db0.memo(id="tests.storage.Fresh")
+    class Fresh:
+        def __init__(self, n):
+            self.n = n
+
+    db0.init(str(tmp_path), prefix="p", autocommit=False)
+    try:
+        def refuse(*_args):
+            raise AssertionError("fresh records re-headed although the state was right")
+        monkeypatch.setattr(storage, "with_header", refuse)
+        for round_ in range(3):
+            objs = [Fresh(i) for i in range(5)]
+            db0.commit()
+        db0.clear_cache()
+        assert [o.n for o in objs] == list(range(5))      # reloaded from the records
+    finally:
+        db0.close()
