@@ -15,6 +15,7 @@ from cpython.object cimport PyObject
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
 from cpython.weakref cimport PyWeakref_NewRef, PyWeakref_GetObject
+from cpython.tuple cimport PyTuple_GET_SIZE, PyTuple_GET_ITEM
 
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport malloc, free
@@ -33,6 +34,7 @@ cdef extern from "Python.h":
     long long PyLong_AsLongLongAndOverflow(object o, int* overflow) except? -1
     object PyObject_GenericGetAttr(object o, object name)
     void PyObject_GC_UnTrack(void* o)
+    object PyObject_Vectorcall(object callable, PyObject** args, size_t nargsf, PyObject* kwnames)
 
 cdef extern from *:
     void __builtin_prefetch(const void* p) nogil
@@ -843,11 +845,16 @@ cdef object _next_init(type gen):
     return object.__init__
 
 
+DEF _MAX_STACK_ARGS = 8
+
+
 cdef int _run_user_init(MemoBase self, type gen, object args, object kwargs) except -1:
     """Run the user's initialiser of memo class ``gen`` on the new ``self``; if it raises,
     the object is discarded."""
     cdef _ClassPlan plan = _plan_of(gen)
     cdef int flags = self._flags
+    cdef PyObject* stack[_MAX_STACK_ARGS + 1]
+    cdef Py_ssize_t i, n
     if not (flags & F_INIT):
         return 0                  # an existing singleton: the arguments are ignored
     self._flags = flags | F_RUNNING_INIT
@@ -860,8 +867,15 @@ cdef int _run_user_init(MemoBase self, type gen, object args, object kwargs) exc
                 raise TypeError(f"{gen.__name__}() takes no arguments")
         elif kwargs:
             init(self, *args, **kwargs)
-        else:
+        elif PyTuple_GET_SIZE(args) >= _MAX_STACK_ARGS:
             init(self, *args)
+        else:
+            # `init(self, *args)` would build a new tuple per call; a vectorcall does not.
+            stack[0] = <PyObject*>self
+            n = PyTuple_GET_SIZE(args)
+            for i in range(n):
+                stack[i + 1] = PyTuple_GET_ITEM(args, i)
+            PyObject_Vectorcall(init, stack, n + 1, NULL)
     except BaseException:
         if not self._flags & F_DEAD:
             self._px.discard_new(self)

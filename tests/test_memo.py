@@ -226,6 +226,23 @@ def test_wrong_constructor_arguments(db):
         Empty(1)
 
 
+@db0.memo
+class Wide:
+    def __init__(self, *values, scale=1):
+        self.values = [v * scale for v in values]
+
+
+@pytest.mark.parametrize("count", [0, 1, 7, 8, 9, 20])
+def test_constructor_argument_counts(db, count):
+    args = list(range(count))
+    assert list(Wide(*args).values) == args
+    assert list(Wide(*args, scale=2).values) == [2 * a for a in args]
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        Person("x", *args[:1], colour="red")
+    with pytest.raises(TypeError, match="positional"):
+        Person("x", 1, *args, "extra")
+
+
 def test_default_equality_and_hash_are_identity(db):
     a, b = Person("x"), Person("x")
     assert a != b and a == a
