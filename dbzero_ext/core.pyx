@@ -586,27 +586,28 @@ cdef class PrefixCore(ProxyMap):
         self.changed = True
 
     def incref(self, obj):
-        cdef MemoBase m
-        if obj._px is not self:
-            return
         if isinstance(obj, MemoBase):
-            m = <MemoBase>obj
-            if m._flags & F_GHOST and not self.in_place_refcounts:
-                self.load_into(m)
-            if self.atomic_log is not None:
-                self.atomic_log.record(m)
-            if m._flags & F_GHOST:
-                # Decoding the record only to count a reference made loading most of the
-                # cost of adding a query result to an index: the increment waits in _rc,
-                # and the commit patches it into the stored record (or a load adds it).
-                if not m._flags & F_RCDELTA:
-                    m._rc = 0       # an evicted object may keep its last loaded count
-                    m._flags |= F_RCDELTA
-            m._rc += 1
-            self.zero_rc.discard(m._oid)
-            self._mark_rc_dirty(m)
-        else:
+            if (<MemoBase>obj)._px is self:
+                incref_memo(self, <MemoBase>obj)
+        elif obj._px is self:
             obj._db0_incref()
+
+    cdef int _incref_memo(self, MemoBase m) except -1:
+        if m._flags & F_GHOST and not self.in_place_refcounts:
+            self.load_into(m)
+        if self.atomic_log is not None:
+            self.atomic_log.record(m)
+        if m._flags & F_GHOST:
+            # Decoding the record only to count a reference made loading most of the
+            # cost of adding a query result to an index: the increment waits in _rc,
+            # and the commit patches it into the stored record (or a load adds it).
+            if not m._flags & F_RCDELTA:
+                m._rc = 0       # an evicted object may keep its last loaded count
+                m._flags |= F_RCDELTA
+        m._rc += 1
+        self.zero_rc.discard(m._oid)
+        self._mark_rc_dirty(m)
+        return 0
 
     def decref(self, obj):
         cdef MemoBase m
@@ -801,6 +802,30 @@ cdef class PrefixCore(ProxyMap):
                 out.append(oid)
             obj = None
         return out
+
+
+cdef int incref_memo(object px, MemoBase m) except -1:
+    """One more stored reference to ``m``, an object of prefix ``px`` (core.pxd)."""
+    return (<PrefixCore?>px)._incref_memo(m)
+
+
+cdef bint prefix_writable(object px) except -1:
+    """``px`` is open and read-write (core.pxd)."""
+    cdef PrefixCore p = <PrefixCore?>px
+    return not (p.closed or p.readonly)
+
+
+cdef bint prefix_logging(object px) except -1:
+    """An atomic block is open on ``px`` (core.pxd)."""
+    return (<PrefixCore?>px).atomic_log is not None
+
+
+cdef bint is_pinned_dirty(object px, object obj, object oid) except -1:
+    """``obj`` (id ``oid``) is in the dirty map of ``px`` and the prefix knows it has
+    changes: marking it dirty again would change nothing (core.pxd)."""
+    cdef PrefixCore p = <PrefixCore?>px
+    cdef PyObject* found = PyDict_GetItem(p.dirty, oid)
+    return found is not NULL and <object>found is obj and p.changed
 
 
 # -- memo construction --------------------------------------------------------------------
