@@ -27,7 +27,7 @@ import msgpack
 
 from dbzero_ext import memo as _memo
 from dbzero_ext.codec import ABSENT, EXT_CODES, Codec
-from dbzero_ext.core import ClassInfo, PrefixCore, RCDIRTY
+from dbzero_ext.core import ClassInfo, PrefixCore, RCDELTA, RCDIRTY
 from dbzero_ext.tagstore import TagStore  # noqa: F401 - the tag store of every prefix
 
 from . import errors
@@ -46,6 +46,9 @@ F_READONLY, F_INIT, F_CLOSED, F_TRACKED = _memo.READONLY, _memo.INIT, _memo.CLOS
 # Only the reference count changed: the record is rewritten in place at commit, keeping its
 # write state and writing no history (fields are what time travel and change queries see).
 F_RCDIRTY = RCDIRTY
+# A ghost (not loaded) whose _rc holds increments its stored record does not have yet: the
+# commit adds them to the record in place, a load adds them to the count it reads.
+F_RCDELTA = RCDELTA
 
 MemoBase = _memo.MemoBase
 raw_dict = _memo.raw_dict

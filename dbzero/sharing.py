@@ -69,8 +69,10 @@ from . import prefix as _prefix_mod
 from . import storage as _storage_mod
 from .storage import Storage
 
-# Dirty bits of a memo object: fields changed, or (prefix.py) only its reference count.
-F_CHANGED = F_DIRTY | getattr(_prefix_mod, "F_RCDIRTY", 0)
+# Dirty bits of a memo object: fields changed, or (prefix.py) only its reference count,
+# possibly as increments of a ghost that were never applied to its record.
+F_CHANGED = (F_DIRTY | getattr(_prefix_mod, "F_RCDIRTY", 0)
+             | getattr(_prefix_mod, "F_RCDELTA", 0))
 DEFAULT_REFRESH_INTERVAL_MS = 10
 READER_CHECK_EVERY_S = 5.0
 DEFAULT_RETRIES = 100

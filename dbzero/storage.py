@@ -30,7 +30,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import lmdb
 import msgpack
 
-from dbzero_ext.core import keep_write_state, with_header
+from dbzero_ext.core import add_to_refcounts, keep_write_state, with_header
 from dbzero_ext.postings import IdSet
 from dbzero_ext.tagstore import first_of_each_key, join_journal, membership_history, split_by_floor
 
@@ -111,8 +111,8 @@ class WriteBatch:
     ``dup_sets[db]`` holds bulk membership changes as pre-sorted runs (see ``dup_set``).
     """
 
-    __slots__ = ("puts", "dups", "meta", "fresh", "in_place", "in_place_full", "fresh_objects",
-                 "fresh_header", "dup_sets")
+    __slots__ = ("puts", "dups", "meta", "fresh", "in_place", "in_place_full", "rc_deltas",
+                 "fresh_objects", "fresh_header", "dup_sets")
 
     def __init__(self) -> None:
         self.puts: Dict[str, Dict[bytes, Optional[bytes]]] = {}
@@ -125,6 +125,9 @@ class WriteBatch:
         self.in_place: List[Tuple[bytes, bytes]] = []
         # The same with the write state already in front (the object knew it).
         self.in_place_full: List[Tuple[bytes, bytes]] = []
+        # (key, n) of objects whose stored reference count grows by n and that were never
+        # loaded: the stored record is patched in place, keeping its write state.
+        self.rc_deltas: List[Tuple[bytes, int]] = []
         # (key, value) of objects created since the last commit, in id order: no history.
         self.fresh_objects: List[Tuple[bytes, bytes]] = []
         # The write-state header the fresh_objects values already start with (None: none).
@@ -164,7 +167,7 @@ class WriteBatch:
 
     def __bool__(self) -> bool:
         return bool(self.puts or self.dups or self.meta or self.fresh_objects or self.dup_sets
-                    or self.in_place or self.in_place_full)
+                    or self.in_place or self.in_place_full or self.rc_deltas)
 
 
 def history_key(db_id: int, key: bytes, state: int) -> bytes:
@@ -503,6 +506,10 @@ class Storage:
                 # One C-level read of the old records for their write states, one write.
                 olds = txn.cursor(db=dbs["objects"]).getmulti([key for key, _ in batch.in_place])
                 self._put_many(txn, dbs["objects"], keep_write_state(olds, batch.in_place, header),
+                               dupdata=False)
+            if batch.rc_deltas:
+                olds = txn.cursor(db=dbs["objects"]).getmulti([key for key, _ in batch.rc_deltas])
+                self._put_many(txn, dbs["objects"], add_to_refcounts(olds, batch.rc_deltas),
                                dupdata=False)
             for name, ops in batch.puts.items():
                 db, db_id = dbs[name], VERSIONED_DBS[name]

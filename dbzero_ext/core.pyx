@@ -22,8 +22,8 @@ from libc.stdlib cimport malloc, free
 
 from dbzero_ext.tagstore cimport TagStore
 from dbzero_ext.memo cimport (MemoBase, ProxyMap, gc_track_by_content, F_CLOSED, F_DEAD,
-                              F_DIRTY, F_GHOST, F_INIT, F_NEW, F_RCDIRTY, F_READONLY,
-                              F_RUNNING_INIT)
+                              F_DIRTY, F_GHOST, F_INIT, F_NEW, F_RCDELTA, F_RCDIRTY,
+                              F_READONLY, F_RUNNING_INIT)
 from dbzero_ext.codec import ABSENT as _ABSENT
 from dbzero_ext.codec import decode_uuid as _decode_uuid
 
@@ -62,6 +62,7 @@ cdef inline dict _dict_of(object obj):
 
 RUNNING_INIT = F_RUNNING_INIT
 RCDIRTY = F_RCDIRTY
+RCDELTA = F_RCDELTA
 
 DEF FIRST_USER_CLASS_ID = 16
 
@@ -533,6 +534,8 @@ cdef class PrefixCore(ProxyMap):
             raise _errors.FormatError(f"prefix {self.name}: record of object {obj._oid} has "
                                       f"{n - 2} slots, class {info.name} has {len(fields)} fields")
         rc = _read_value(r)
+        if obj._flags & F_RCDELTA:
+            rc += obj._rc       # increments taken while it was a ghost (see incref)
         # (Read-only prefixes never collect.  Shared writers collect only what they
         # created or released themselves: a count-0 object loaded here may be held by
         # the process that created it.)
@@ -553,7 +556,7 @@ cdef class PrefixCore(ProxyMap):
         gc_track_by_content(obj, d)
         obj._rc = rc
         obj._wstate = r.wstate
-        obj._flags &= ~F_GHOST
+        obj._flags &= ~(F_GHOST | F_RCDELTA)
 
 
     def load_into(self, MemoBase obj):
@@ -586,20 +589,28 @@ cdef class PrefixCore(ProxyMap):
         self.changed = True
 
     def incref(self, obj):
-        cdef MemoBase m
-        if obj._px is not self:
-            return
         if isinstance(obj, MemoBase):
-            m = <MemoBase>obj
-            if m._flags & F_GHOST:
-                self.load_into(m)
-            if self.atomic_log is not None:
-                self.atomic_log.record(m)
-            m._rc += 1
-            self.zero_rc.discard(m._oid)
-            self._mark_rc_dirty(m)
-        else:
+            if (<MemoBase>obj)._px is self:
+                incref_memo(self, <MemoBase>obj)
+        elif obj._px is self:
             obj._db0_incref()
+
+    cdef int _incref_memo(self, MemoBase m) except -1:
+        if m._flags & F_GHOST and not self.in_place_refcounts:
+            self.load_into(m)
+        if self.atomic_log is not None:
+            self.atomic_log.record(m)
+        if m._flags & F_GHOST:
+            # Decoding the record only to count a reference made loading most of the
+            # cost of adding a query result to an index: the increment waits in _rc,
+            # and the commit patches it into the stored record (or a load adds it).
+            if not m._flags & F_RCDELTA:
+                m._rc = 0       # an evicted object may keep its last loaded count
+                m._flags |= F_RCDELTA
+        m._rc += 1
+        self.zero_rc.discard(m._oid)
+        self._mark_rc_dirty(m)
+        return 0
 
     def decref(self, obj):
         cdef MemoBase m
@@ -697,11 +708,13 @@ cdef class PrefixCore(ProxyMap):
     def pack_dirty(self, batch, bytes fresh_header=None):
         """Encode every dirty object into ``batch``: new records go to
         ``batch.fresh_objects`` (key, value) in id order, their values starting with
-        ``fresh_header`` (recorded as ``batch.fresh_header``), changed ones to ``puts``."""
+        ``fresh_header`` (recorded as ``batch.fresh_header``), changed ones to ``puts``, the
+        pending increments of unloaded objects to ``rc_deltas`` (key, delta)."""
         cdef dict objects = batch.puts.setdefault("objects", {})
         cdef list fresh = batch.fresh_objects
         cdef list in_place = batch.in_place
         cdef list rewrites = batch.in_place_full
+        cdef list deltas = batch.rc_deltas
         cdef bint rc_in_place = self.in_place_refcounts
         cdef MemoBase m
         cdef ClassInfo info
@@ -711,6 +724,11 @@ cdef class PrefixCore(ProxyMap):
         for oid, obj in self.dirty.items():
             if isinstance(obj, MemoBase):
                 m = <MemoBase>obj
+                if m._flags & F_RCDELTA:
+                    if rc_in_place:
+                        deltas.append((_pack_oid(m._oid), m._rc))
+                        continue
+                    self.load_into(m)       # the change must have history: whole record
                 info = self._info_of_class(type(m))
                 key = _pack_oid(m._oid)
                 flags = m._flags
@@ -738,7 +756,9 @@ cdef class PrefixCore(ProxyMap):
             if isinstance(obj, MemoBase):
                 m = <MemoBase>obj
                 flags = m._flags
-                m._flags = flags & ~(F_DIRTY | F_NEW | F_RCDIRTY)
+                m._flags = flags & ~(F_DIRTY | F_NEW | F_RCDIRTY | F_RCDELTA)
+                if flags & F_RCDELTA:
+                    m._rc = 0       # the stored record has the increments now
                 if flags & (F_NEW | F_DIRTY) or not rc_in_place:
                     m._wstate = state       # its record was written with this state
                 if flags & F_NEW:
@@ -787,6 +807,30 @@ cdef class PrefixCore(ProxyMap):
                 out.append(oid)
             obj = None
         return out
+
+
+cdef int incref_memo(object px, MemoBase m) except -1:
+    """One more stored reference to ``m``, an object of prefix ``px`` (core.pxd)."""
+    return (<PrefixCore?>px)._incref_memo(m)
+
+
+cdef bint prefix_writable(object px) except -1:
+    """``px`` is open and read-write (core.pxd)."""
+    cdef PrefixCore p = <PrefixCore?>px
+    return not (p.closed or p.readonly)
+
+
+cdef bint prefix_logging(object px) except -1:
+    """An atomic block is open on ``px`` (core.pxd)."""
+    return (<PrefixCore?>px).atomic_log is not None
+
+
+cdef bint is_pinned_dirty(object px, object obj, object oid) except -1:
+    """``obj`` (id ``oid``) is in the dirty map of ``px`` and the prefix knows it has
+    changes: marking it dirty again would change nothing (core.pxd)."""
+    cdef PrefixCore p = <PrefixCore?>px
+    cdef PyObject* found = PyDict_GetItem(p.dirty, oid)
+    return found is not NULL and <object>found is obj and p.changed
 
 
 # -- memo construction --------------------------------------------------------------------

@@ -60,7 +60,7 @@ cdef class IndexCore:
             lock.release()
 
     cdef int _add(self, object px, object ekey, MemoBase obj) except -1:
-        if self._db0_dead or self._db0_closed or not self._loaded or px.closed or px.readonly:
+        if self._db0_dead or self._db0_closed or not self._loaded or not prefix_writable(px):
             self._check_write()
         if obj._flags & F_DEAD:
             raise _ix_errors.ReferenceError("Memo instance expired")
@@ -77,7 +77,7 @@ cdef class IndexCore:
         cdef bint committed = not (self._new or self._cleared)
         if not revive and committed and (<Probe>self._probe(_FORWARD)).has(entry):
             return 0
-        if px.atomic_log is not None:
+        if prefix_logging(px):
             px.log_undo(self)
         cdef dict pend = self._pend_members
         if not self._multi and (member in pend or (committed and self._member_has_key(member))):
@@ -94,11 +94,10 @@ cdef class IndexCore:
         self._by_member = None
         self._version += 1
         self._count += 1
-        found = PyDict_GetItem(px.dirty, self._oid)
-        if found is NULL or <object>found is not self or not px.changed:
+        if not is_pinned_dirty(px, self, self._oid):
             px.mark_dirty(self)
         if local:
-            px.incref(obj)
+            incref_memo(px, obj)
         return 0
 
     def remove(self, key, obj):

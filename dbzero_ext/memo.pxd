@@ -49,6 +49,7 @@ cdef enum:
     F_TRACKED = 128         # an atomic block is active on this object's prefix
     F_RUNNING_INIT = 256    # the user's __init__ is running (core.make_init)
     F_RCDIRTY = 512         # only the reference count changed (record rewritten in place)
+    F_RCDELTA = 1024        # a ghost whose _rc holds increments not yet applied to its record
     F_SLOW = 1 | 8 | 64
     F_SLOW_WRITE = 1 | 8 | 16 | 64 | 128
 

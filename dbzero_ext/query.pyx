@@ -24,6 +24,7 @@ from libc.stdlib cimport free, realloc
 from libc.string cimport memcmp, memset
 
 from dbzero_ext.memo cimport MemoBase, F_DEAD
+from dbzero_ext.core cimport incref_memo, is_pinned_dirty, prefix_logging, prefix_writable
 
 
 cdef inline unsigned long long _be64(const unsigned char* p) noexcept:

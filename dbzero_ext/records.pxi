@@ -209,6 +209,28 @@ cdef int _put_sized(unsigned char small, Py_ssize_t small_limit, unsigned char b
     return _put_header(b8 + 2, n, 4)
 
 
+cdef int _write_int(long long i) except -1:
+    if i >= 0:
+        if i < 0x80:
+            return _put_header(<unsigned char>i, 0, 0)
+        if i <= 0xff:
+            return _put_header(0xcc, i, 1)
+        if i <= 0xffff:
+            return _put_header(0xcd, i, 2)
+        if i <= 0xffffffff:
+            return _put_header(0xce, i, 4)
+        return _put_header(0xcf, i, 8)
+    if i >= -32:
+        return _put_header(<unsigned char>(<signed char>i), 0, 0)
+    if i >= -128:
+        return _put_header(0xd0, <unsigned long long>i & 0xff, 1)
+    if i >= -32768:
+        return _put_header(0xd1, <unsigned long long>i & 0xffff, 2)
+    if i >= -2147483648:
+        return _put_header(0xd2, <unsigned long long>i & 0xffffffff, 4)
+    return _put_header(0xd3, <unsigned long long>i, 8)
+
+
 cdef int _write_value(object v, object pack) except -1:
     cdef type t = type(v)
     cdef int overflow = 0
@@ -224,25 +246,7 @@ cdef int _write_value(object v, object pack) except -1:
     if t is int:
         i = PyLong_AsLongLongAndOverflow(v, &overflow)
         if overflow == 0:
-            if i >= 0:
-                if i < 0x80:
-                    return _put_header(<unsigned char>i, 0, 0)
-                if i <= 0xff:
-                    return _put_header(0xcc, i, 1)
-                if i <= 0xffff:
-                    return _put_header(0xcd, i, 2)
-                if i <= 0xffffffff:
-                    return _put_header(0xce, i, 4)
-                return _put_header(0xcf, i, 8)
-            if i >= -32:
-                return _put_header(<unsigned char>(<signed char>i), 0, 0)
-            if i >= -128:
-                return _put_header(0xd0, <unsigned long long>i & 0xff, 1)
-            if i >= -32768:
-                return _put_header(0xd1, <unsigned long long>i & 0xffff, 2)
-            if i >= -2147483648:
-                return _put_header(0xd2, <unsigned long long>i & 0xffffffff, 4)
-            return _put_header(0xd3, <unsigned long long>i, 8)
+            return _write_int(i)
     elif t is float:
         d = v
         memcpy(&bits, &d, 8)
@@ -305,3 +309,61 @@ cdef bytes _pack_record(MemoBase obj, ClassInfo info, object pack, bytes prefix=
 def pack_record(MemoBase obj, ClassInfo info, pack):
     """The stored record of ``obj`` (for tests and tools)."""
     return _pack_record(obj, info, pack)
+
+
+# -- reference counts of records that were not loaded -----------------------------------
+
+cdef long long _read_int(_Reader r) except? -1:
+    """A msgpack integer that fits in 64 signed bits (a reference count)."""
+    cdef unsigned char b = _take(r, 1)[0]
+    if b <= 0x7f:
+        return b
+    if b >= 0xe0:
+        return <signed char>b
+    if 0xcc <= b <= 0xcf:
+        return <long long>_be(_take(r, 1 << (b - 0xcc)), 1 << (b - 0xcc))
+    if b == 0xd0:
+        return <signed char>_be(_take(r, 1), 1)
+    if b == 0xd1:
+        return <short>_be(_take(r, 2), 2)
+    if b == 0xd2:
+        return <int>_be(_take(r, 4), 4)
+    if b == 0xd3:
+        return <long long>_be(_take(r, 8), 8)
+    raise ValueError(f"reference count is not an integer (msgpack byte 0x{b:02x})")
+
+
+cdef bytes _add_to_refcount(bytes old, long long delta):
+    """The versioned object value ``old`` (write state + record) with ``delta`` added to
+    its reference count; every other byte, the write state included, is kept."""
+    global _wlen
+    cdef _Reader r = _reader(old, 8, None)
+    _read_array_header(r)
+    _read_int(r)                    # class id
+    cdef Py_ssize_t at = r.pos
+    cdef long long rc = _read_int(r) + delta
+    cdef Py_ssize_t start = _wlen
+    try:
+        _put_raw(<const char*>r.buf, at)
+        _write_int(rc)
+        _put_raw(<const char*>r.buf + r.pos, r.end - r.pos)
+        return PyBytes_FromStringAndSize(_wbuf + start, _wlen - start)
+    finally:
+        _wlen = start
+
+
+def add_to_refcounts(list olds, list deltas):
+    """``[(key, new value)]`` for the ``(key, delta)`` pairs ``deltas``: each stored value
+    of ``olds`` (``[(key, value)]`` in the same key order, as Cursor.getmulti returns them)
+    with its delta added to the record's reference count.  A key without a stored value
+    is skipped: its object was deleted, and the count with it."""
+    cdef list out = []
+    cdef Py_ssize_t i = 0, n = len(olds)
+    cdef tuple pair
+    for key, delta in deltas:
+        if i < n:
+            pair = <tuple>olds[i]
+            if pair[0] == key:
+                out.append((key, _add_to_refcount(<bytes>pair[1], delta)))
+                i += 1
+    return out
