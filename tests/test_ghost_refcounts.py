@@ -258,3 +258,35 @@ def test_model_counts_through_ghosts_loads_and_commits(tmp_path_factory, ops):
         assert keep.value is ix
     finally:
         db0.close()
+
+
+def test_failed_commit_across_prefixes_drops_pending_increments(db, monkeypatch):
+    """A commit of several prefixes that fails before its decision drops the pending
+    increments of the prefix it had not reached yet (rollback_pending); nothing of them
+    is written afterwards."""
+    from dbzero import coordinator
+    db0.open("zz-ghosts")                       # sorted after "test": committed second
+    docs = _ghosts(2)
+    px = _prefix()
+    ix = db0.index()
+    keep = Holder(ix)  # noqa: F841 (unheld objects of count 0 are collected)
+    db0.commit()
+    ix.add(1, docs[0])
+    assert docs[0]._flags & F_RCDELTA
+    db0.open("test")                            # the other prefix, with a change
+    other = Holder(1)
+    assert other._px is not px and other._px.name < px.name
+
+    def fail(point):
+        if point == "prepared-1":
+            raise OSError("disk on fire")
+
+    monkeypatch.setattr(coordinator, "_kill_point", fail)
+    with pytest.raises(OSError):
+        db0.commit()
+    monkeypatch.undo()
+    assert not docs[0]._flags & F_RCDELTA
+    assert len(ix) == 0 and db0.getrefcount(docs[0]) == 0
+    written = _stored(px, docs[0])
+    db0.commit()
+    assert _stored(px, docs[0]) == written and written[1][1] == 0
